@@ -1,0 +1,184 @@
+"""Tests for simulators.datasets: edge order, labels, normalisation and loading."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simulators import datasets, formats
+
+
+def labels_by_loop(matrix):
+    """Off-diagonal entries, receiver (row) i outer, sender (column) j inner, j != i."""
+    n = matrix.shape[-1]
+    return np.stack([matrix[..., i, j] for i in range(n) for j in range(n) if j != i], axis=-1)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_edge_order_and_labels_match_a_loop(n):
+    receivers, senders = datasets.fully_connected_edges(n)
+    pairs = [(i, j) for i in range(n) for j in range(n) if j != i]
+    assert list(zip(receivers.tolist(), senders.tolist())) == pairs
+    matrix = np.random.default_rng(n).integers(0, 100, (2, 3, n, n))
+    expected = labels_by_loop(matrix)
+    np.testing.assert_array_equal(datasets.edge_labels(matrix), expected)
+    np.testing.assert_array_equal(jax.jit(datasets.edge_labels)(jnp.asarray(matrix)), expected)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_edges_to_matrix_inverts_edge_labels(n):
+    labels = np.random.default_rng(n).integers(1, 9, (4, n * (n - 1))).astype(np.int32)
+    matrix = datasets.edges_to_matrix(labels, n)
+    for i in range(n):
+        assert np.all(matrix[:, i, i] == 0)
+    np.testing.assert_array_equal(labels_by_loop(matrix), labels)
+    jitted = jax.jit(datasets.edges_to_matrix, static_argnums=1)(jnp.asarray(labels), n)
+    np.testing.assert_array_equal(jitted, matrix)
+    with pytest.raises(ValueError, match="labels"):
+        datasets.edges_to_matrix(labels[:, :-1], n)
+    with pytest.raises(ValueError, match="n_objects"):
+        datasets.fully_connected_edges(1)
+
+
+def test_labels_follow_each_systems_rule():
+    rng = np.random.default_rng(0)
+    charges = rng.choice([-1.0, 1.0], size=(6, 5))
+    charged = charges[:, :, None] * charges[:, None, :]
+    expected = np.array([[int((a + 1) / 2) for a in row] for row in labels_by_loop(charged)])
+    np.testing.assert_array_equal(datasets.labels_from_edges("charged", charged), expected)
+    assert datasets.labels_from_edges("charged", charged).dtype == np.int32
+    coupling = rng.integers(0, 2, (6, 5, 5)) * (1 - np.eye(5, dtype=int))
+    np.testing.assert_array_equal(datasets.labels_from_edges("kuramoto", coupling),
+                                  labels_by_loop(coupling))
+    np.testing.assert_array_equal(datasets.labels_from_edges("springs", coupling),
+                                  labels_by_loop(coupling))
+    with pytest.raises(ValueError, match="labels outside"):
+        datasets.labels_from_edges("springs", coupling * 2)
+
+
+SIZES = {"train": (5, 7), "valid": (4, 7), "test": (3, 9)}  # (S, T)
+
+
+def random_springs(seed=0, n=4):
+    """Raw springs splits; valid and test range wider than train, so they leave [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, (s, t) in SIZES.items():
+        wide = 1.0 if split == "train" else 1.5
+        upper = np.triu(rng.integers(0, 2, (s, n, n)), 1)
+        loc = rng.normal(size=(s, t, n, 2)) * 3 * wide
+        vel = rng.normal(size=(s, t, n, 2)) * 0.2 * wide + 0.1
+        splits[split] = {"loc": loc.astype(np.float32), "vel": vel.astype(np.float32),
+                         "edges": (upper + np.swapaxes(upper, 1, 2)).astype(np.int32)}
+    return splits
+
+
+def write(tmp_path, splits, system="springs", format="native", name="data"):
+    n = splits["train"]["edges"].shape[-1]
+    return formats.write_dataset(tmp_path / name, splits, {"system": system, "n_objects": n},
+                                 format=format)
+
+
+def expected_features(arrays, stats):
+    """Independent float64 reference: transpose by loops, then the min-max formula."""
+    loc, vel = arrays["loc"].astype(np.float64), arrays["vel"].astype(np.float64)
+    s, t, n, _ = loc.shape
+    out = np.empty((s, n, t, 4))
+    for k in range(s):
+        for i in range(n):
+            for f in range(t):
+                out[k, i, f, :2] = 2 * (loc[k, f, i] - stats[0]) / (stats[1] - stats[0]) - 1
+                out[k, i, f, 2:] = 2 * (vel[k, f, i] - stats[2]) / (stats[3] - stats[2]) - 1
+    return out
+
+
+def test_load_normalises_every_split_with_training_extremes(tmp_path):
+    splits = random_springs()
+    dataset = datasets.load_dataset(write(tmp_path, splits))
+    train = splits["train"]
+    stats = (train["loc"].astype(np.float64).min(), train["loc"].astype(np.float64).max(),
+             train["vel"].astype(np.float64).min(), train["vel"].astype(np.float64).max())
+    np.testing.assert_allclose(dataset.stats, stats, rtol=0, atol=0)
+    for split in formats.SPLITS:
+        got = getattr(dataset, split)
+        assert got.features.dtype == np.float32 and got.labels.dtype == np.int32
+        np.testing.assert_allclose(got.features, expected_features(splits[split], stats),
+                                   rtol=0, atol=2e-6)
+        np.testing.assert_array_equal(got.labels, labels_by_loop(splits[split]["edges"]))
+    for dims in (slice(0, 2), slice(2, 4)):
+        assert dataset.train.features[..., dims].min() == -1
+        assert dataset.train.features[..., dims].max() == 1
+    assert np.abs(dataset.test.features).max() > 1  # wider test data keeps train stats
+
+
+def test_given_stats_replace_the_training_split(tmp_path):
+    splits = random_springs()
+    stats = datasets.NormStats(-10.0, 20.0, -1.0, 3.0)
+    dataset = datasets.load_dataset(write(tmp_path, splits), stats=stats)
+    assert dataset.stats == stats
+    np.testing.assert_allclose(dataset.valid.features, expected_features(splits["valid"], stats),
+                               rtol=0, atol=2e-6)
+    assert datasets.stats_from_dict(datasets.stats_to_dict(stats)) == stats
+    with pytest.raises(ValueError, match="stats"):
+        datasets.load_dataset(write(tmp_path, splits, name="b"), stats=(0.0, 0.0, 0.0, 1.0))
+
+
+def test_denormalise_inverts_normalise():
+    stats = datasets.NormStats(-4.0, 6.0, -0.5, 0.75)
+    physical = np.random.default_rng(0).normal(size=(3, 4, 5, 4)) * 3
+    normalised = datasets.normalise(physical, stats)
+    expected = np.concatenate([2 * (physical[..., :2] + 4) / 10 - 1,
+                               2 * (physical[..., 2:] + 0.5) / 1.25 - 1], axis=-1)
+    np.testing.assert_allclose(normalised, expected, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(datasets.denormalise(normalised, stats), physical, rtol=1e-13)
+    jitted = jax.jit(datasets.denormalise, static_argnums=1)(
+        jax.jit(datasets.normalise, static_argnums=1)(jnp.asarray(physical, jnp.float32), stats),
+        stats)
+    np.testing.assert_allclose(jitted, physical, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        datasets.normalise(physical[..., :3], stats)
+
+
+def test_reference_and_native_load_identically(tmp_path):
+    splits = random_springs(seed=3)
+    native = datasets.load_dataset(write(tmp_path, splits, name="native"))
+    reference = datasets.load_dataset(write(tmp_path, splits, format="reference", name="ref"))
+    assert reference.system == native.system == "springs"
+    assert reference.stats == native.stats
+    for split in formats.SPLITS:
+        for field in ("features", "labels"):
+            np.testing.assert_array_equal(getattr(getattr(reference, split), field),
+                                          getattr(getattr(native, split), field))
+
+
+def test_kuramoto_features_are_used_as_they_are(tmp_path):
+    rng = np.random.default_rng(5)
+    splits = {split: {"feat": rng.uniform(-1, 1, (s, 3, t, 4)).astype(np.float32),
+                      "edges": (rng.integers(0, 2, (s, 3, 3)) * (1 - np.eye(3, dtype=int)))}
+              for split, (s, t) in SIZES.items()}
+    path = write(tmp_path, splits, system="kuramoto")
+    dataset = datasets.load_dataset(path)
+    assert dataset.stats is None and datasets.describe(dataset)["stats"] is None
+    np.testing.assert_array_equal(dataset.test.features, splits["test"]["feat"])
+    np.testing.assert_array_equal(dataset.train.labels, labels_by_loop(splits["train"]["edges"]))
+    with pytest.raises(ValueError, match="Kuramoto"):
+        datasets.load_dataset(path, stats=datasets.NormStats(0.0, 1.0, 0.0, 1.0))
+
+
+def test_non_finite_data_is_rejected(tmp_path):
+    splits = random_springs()
+    splits["valid"]["vel"][1, 2, 0, 1] = np.nan
+    with pytest.raises(formats.DatasetError, match="valid"):
+        datasets.load_dataset(write(tmp_path, splits))
+    splits["train"]["loc"][0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="loc"):
+        datasets.load_dataset(write(tmp_path, splits, name="b"))
+
+
+def test_describe_is_json_friendly(tmp_path):
+    dataset = datasets.load_dataset(write(tmp_path, random_springs()))
+    summary = datasets.describe(dataset)
+    assert summary["n_features"] == 4 and summary["n_objects"] == 4
+    assert summary["n_sims"] == {split: size[0] for split, size in SIZES.items()}
+    assert summary["n_frames"] == {split: size[1] for split, size in SIZES.items()}
+    assert datasets.stats_from_dict(summary["stats"]) == dataset.stats
