@@ -1,0 +1,149 @@
+"""Encoders: trajectories [B, N, T, D] -> edge-type logits [B, E, K].
+
+Both encoders embed every directed edge of the fully connected graph (the MLP
+encoder from per-object MLPs over all T*D values, the CNN encoder from a 1-D
+convolution over the pair's trajectories) and then refine the edge embeddings
+with `EdgeHead`. In the factor-graph variant (the reference default) the head
+passes one more round of messages edge -> node -> edge, which lets each edge see
+the whole graph; the non-factor variant applies one more edge MLP instead. Both
+end with a skip connection from the first edge embedding and a linear layer to K
+logits. Edge order: `graphs.fully_connected_index`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nri_jax import graphs
+from nri_jax.nn import MLP, batch_norm, reference_dense
+
+# 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2, kernel 5 again.
+# The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
+_CONV_KERNEL = 5
+_POOL = 2
+MIN_CNN_FRAMES = (_CONV_KERNEL - 1) + _POOL * _CONV_KERNEL
+
+
+def check_trajectories(inputs: jax.Array, name: str = "inputs") -> None:
+    """Raises ValueError unless `inputs` is [B, N, T, D] with N >= 2 objects."""
+    if inputs.ndim != 4:
+        raise ValueError(f"{name} must be [B, N, T, D], got shape {inputs.shape}")
+    if inputs.shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 objects (axis 1), got shape {inputs.shape}")
+
+
+class EdgeHead(nn.Module):
+    """Edge embeddings [B, E, H] of the fully connected graph -> logits [B, E, K].
+
+    factor=True: e2n (sum of incoming edges / N, as in the reference) -> node
+    MLP -> n2e -> concat with the skip input -> edge MLP -> Linear(K).
+    factor=False: edge MLP -> concat with the skip input -> edge MLP -> Linear(K).
+    """
+
+    hidden: int
+    n_edge_types: int
+    dropout: float = 0.0
+    factor: bool = True
+
+    @nn.compact
+    def __call__(self, skip: jax.Array, *, train: bool) -> jax.Array:
+        h = self.hidden
+        if self.factor:
+            n = graphs.n_objects_from_edges(skip.shape[1])
+            senders, receivers = graphs.fully_connected_index(n)
+            x = graphs.edge_to_node(skip, receivers, n, reduce="sum",
+                                    indices_are_sorted=True) / n
+            x = MLP(h, h, self.dropout, name="node_mlp")(x, train=train)
+            x = graphs.node_to_edge(x, senders, receivers)
+        else:
+            x = MLP(h, h, self.dropout, name="edge_mlp")(skip, train=train)
+        x = jnp.concatenate([x, skip], axis=-1)
+        x = MLP(h, h, self.dropout, name="edge_skip_mlp")(x, train=train)
+        return reference_dense(self.n_edge_types, name="logits")(x)
+
+
+class MLPEncoder(nn.Module):
+    """The reference MLP encoder (710,146 parameters at N=5, T=49, D=4, H=256, K=2).
+
+    Node MLP on the flattened trajectory [T*D] -> n2e -> edge MLP (= skip) -> EdgeHead.
+    """
+
+    hidden: int = 256
+    n_edge_types: int = 2
+    dropout: float = 0.0
+    factor: bool = True
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+        """inputs [B, N, T, D] -> edge-type logits [B, E, K]."""
+        check_trajectories(inputs)
+        b, n, t, d = inputs.shape
+        senders, receivers = graphs.fully_connected_index(n)
+        h = self.hidden
+        x = MLP(h, h, self.dropout, name="node_mlp")(inputs.reshape(b, n, t * d), train=train)
+        x = graphs.node_to_edge(x, senders, receivers)
+        x = MLP(h, h, self.dropout, name="edge_mlp")(x, train=train)
+        return EdgeHead(h, self.n_edge_types, self.dropout, self.factor, name="head")(
+            x, train=train)
+
+
+def _conv(features: int, kernel: int, name: str) -> nn.Conv:
+    # Reference init: weights N(0, 2 / (kernel * out_channels)), biases 0.1.
+    return nn.Conv(features, (kernel,), padding="VALID", name=name,
+                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                   bias_init=nn.initializers.constant(0.1))
+
+
+class TemporalCNN(nn.Module):
+    """Per-edge 1-D CNN with attention pooling over time: [R, T, C] -> [R, H].
+
+    Conv(k5) -> ReLU -> BatchNorm -> dropout -> MaxPool(2) -> Conv(k5) -> ReLU ->
+    BatchNorm; then a 1x1 "prediction" conv (H channels) and a 1x1 "attention"
+    conv (1 channel, softmax over time); output = mean over time of their product.
+    """
+
+    hidden: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        h = self.hidden
+        x = batch_norm(train, name="bn1")(nn.relu(_conv(h, _CONV_KERNEL, "conv1")(x)))
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        x = nn.max_pool(x, (_POOL,), strides=(_POOL,))
+        x = batch_norm(train, name="bn2")(nn.relu(_conv(h, _CONV_KERNEL, "conv2")(x)))
+        prediction = _conv(h, 1, "predict")(x)
+        attention = jax.nn.softmax(_conv(1, 1, "attention")(x), axis=-2)
+        return jnp.mean(prediction * attention, axis=-2)
+
+
+class CNNEncoder(nn.Module):
+    """The reference CNN encoder (933,379 parameters at N=5, D=4, H=256, K=2).
+
+    Per edge, the sender's and receiver's trajectories as 2D channels over T
+    frames (T >= 14) -> TemporalCNN -> edge MLP (= skip) -> EdgeHead.
+    """
+
+    hidden: int = 256
+    n_edge_types: int = 2
+    dropout: float = 0.0
+    factor: bool = True
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+        """inputs [B, N, T, D] -> edge-type logits [B, E, K]."""
+        check_trajectories(inputs)
+        b, n, t, d = inputs.shape
+        if t < MIN_CNN_FRAMES:
+            raise ValueError(f"inputs must have at least {MIN_CNN_FRAMES} frames for the CNN "
+                             f"encoder, got shape {inputs.shape}")
+        senders, receivers = graphs.fully_connected_index(n)
+        pairs = graphs.node_to_edge(inputs, senders, receivers, axis=1)  # [B, E, T, 2D]
+        n_edges = senders.shape[0]
+        x = TemporalCNN(self.hidden, self.dropout, name="cnn")(
+            pairs.reshape(b * n_edges, t, 2 * d), train=train).reshape(b, n_edges, self.hidden)
+        x = MLP(self.hidden, self.hidden, self.dropout, name="edge_mlp")(x, train=train)
+        return EdgeHead(self.hidden, self.n_edge_types, self.dropout, self.factor, name="head")(
+            x, train=train)

@@ -1,0 +1,142 @@
+"""The NRI variational autoencoder: encode -> sample edge types -> decode.
+
+    variables = model.init({"params": k0, "gumbel": k1, "dropout": k2}, x, train=False)
+    output, updates = model.apply(variables, x, train=True,
+                                  rngs={"gumbel": k1, "dropout": k2}, mutable=["batch_stats"])
+
+RNG streams: 'gumbel' (edge samples; needed in eval too, where samples are hard)
+and 'dropout' (training only, when a dropout rate is > 0). BatchNorm running
+statistics live in 'batch_stats' and are updated only when `train` is True.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+
+from nri_jax import decoders, encoders, sampling
+
+ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}
+DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the NRI model (defaults: the paper's springs setting).
+
+    Attributes:
+      n_edge_types: K >= 2 edge types.
+      encoder: "mlp" or "cnn".
+      encoder_hidden: encoder width H.
+      encoder_dropout: dropout rate in the encoder's MLP blocks (and CNN).
+      factor: factor-graph encoder (edge -> node -> edge round) if True.
+      decoder: "mlp" (Markovian) or "rnn" (recurrent).
+      decoder_hidden: decoder width H.
+      decoder_dropout: dropout rate in the decoder.
+      skip_first: edge type 0 means "no interaction" in the decoder.
+      tau: Gumbel-softmax temperature.
+      hard: straight-through hard samples in training (eval is always hard).
+    """
+
+    n_edge_types: int = 2
+    encoder: str = "mlp"
+    encoder_hidden: int = 256
+    encoder_dropout: float = 0.0
+    factor: bool = True
+    decoder: str = "mlp"
+    decoder_hidden: int = 256
+    decoder_dropout: float = 0.0
+    skip_first: bool = False
+    tau: float = 0.5
+    hard: bool = False
+
+    def __post_init__(self):
+        checks = [
+            ("n_edge_types", self.n_edge_types >= 2, ">= 2"),
+            ("encoder", self.encoder in ENCODERS, f"one of {sorted(ENCODERS)}"),
+            ("decoder", self.decoder in DECODERS, f"one of {sorted(DECODERS)}"),
+            ("encoder_hidden", self.encoder_hidden > 0, "> 0"),
+            ("decoder_hidden", self.decoder_hidden > 0, "> 0"),
+            ("encoder_dropout", 0 <= self.encoder_dropout < 1, "in [0, 1)"),
+            ("decoder_dropout", 0 <= self.decoder_dropout < 1, "in [0, 1)"),
+            ("tau", self.tau > 0, "> 0"),
+        ]
+        for name, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"ModelConfig.{name} must be {requirement}, "
+                                 f"got {getattr(self, name)!r}")
+
+
+class NRIOutput(NamedTuple):
+    """What one forward pass returns.
+
+    Attributes:
+      logits: [B, E, K] encoder logits.
+      probs: [B, E, K] softmax(logits), the edge posterior q(z | x).
+      edges: [B, E, K] the edge weights the decoder used (sample or given graph).
+      predictions: [B, N, T'-1, D] predictions of frames 1..T'-1 of the decoder inputs.
+    """
+
+    logits: jax.Array
+    probs: jax.Array
+    edges: jax.Array
+    predictions: jax.Array
+
+
+class NRI(nn.Module):
+    """Neural Relational Inference (Kipf et al., 2018)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.encoder = ENCODERS[c.encoder](c.encoder_hidden, c.n_edge_types, c.encoder_dropout,
+                                           c.factor)
+        self.decoder = DECODERS[c.decoder](c.decoder_hidden, c.n_edge_types, c.skip_first,
+                                           c.decoder_dropout)
+
+    def __call__(self, inputs: jax.Array, *, train: bool, decoder_inputs: jax.Array | None = None,
+                 edges: jax.Array | None = None, prediction_steps: int = 10,
+                 burn_in_steps: int | None = None) -> NRIOutput:
+        """Encodes `inputs`, samples edge types and decodes `decoder_inputs`.
+
+        Args:
+          inputs: [B, N, T, D] trajectories for the encoder.
+          train: training mode (soft samples unless config.hard, dropout, batch
+            statistics) or evaluation (hard samples, running statistics).
+          decoder_inputs: [B, N, T', D] trajectories to predict (default: inputs).
+          edges: [B, E, K] edge weights to decode with instead of a sample (the
+            true-graph or full-graph baselines).
+          prediction_steps: MLP decoder: ground truth every this many frames.
+          burn_in_steps: RNN decoder: ground truth for the first this many
+            inputs (default T' - prediction_steps: 39 for T'=49, P=10).
+
+        Returns:
+          NRIOutput.
+        """
+        logits = self.encode(inputs, train=train)
+        if edges is None:
+            edges = self.sample_edges(logits, train=train)
+        decoder_inputs = inputs if decoder_inputs is None else decoder_inputs
+        predictions = self.decode(decoder_inputs, edges, train=train,
+                                  prediction_steps=prediction_steps, burn_in_steps=burn_in_steps)
+        return NRIOutput(logits, jax.nn.softmax(logits, axis=-1), edges, predictions)
+
+    def encode(self, inputs: jax.Array, *, train: bool) -> jax.Array:
+        """inputs [B, N, T, D] -> edge-type logits [B, E, K]."""
+        return self.encoder(inputs, train=train)
+
+    def sample_edges(self, logits: jax.Array, *, train: bool) -> jax.Array:
+        """Gumbel-softmax sample [B, E, K] from the 'gumbel' stream; always hard in eval."""
+        hard = self.config.hard or not train
+        return sampling.gumbel_softmax(self.make_rng("gumbel"), logits, tau=self.config.tau,
+                                       hard=hard)
+
+    def decode(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
+               prediction_steps: int = 10, burn_in_steps: int | None = None) -> jax.Array:
+        """inputs [B, N, T, D], edges [B, E, K] -> predictions [B, N, T-1, D]."""
+        return self.decoder(inputs, edges, train=train, prediction_steps=prediction_steps,
+                            burn_in_steps=burn_in_steps)

@@ -1,0 +1,188 @@
+"""Decoders against step-by-step NumPy float64 references, plus structural invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nri_jax import decoders, graphs
+
+
+def _np(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _messages(p, nodes, edges, act, skip_first):
+    """Per-type message MLPs on concat[sender, receiver], weighted and summed over types."""
+    n = nodes.shape[1]
+    senders, receivers = graphs.fully_connected_index(n)
+    pre = np.concatenate([nodes[:, senders], nodes[:, receivers]], -1)
+    total = 0.0
+    for k in range(1 if skip_first else 0, edges.shape[-1]):
+        hidden = act(pre @ p["first_kernel"][k] + p["first_bias"][k])
+        total = total + act(hidden @ p["second_kernel"][k] + p["second_bias"][k]) * edges[..., k:k + 1]
+    incoming = np.zeros(nodes.shape[:2] + (total.shape[-1],))
+    for e, r in enumerate(receivers):  # explicit loop over edges, not a segment op
+        incoming[:, r] += total[:, e]
+    return incoming
+
+
+def _out_mlp(p, x):
+    x = _relu(x @ p["out1"]["kernel"] + p["out1"]["bias"])
+    x = _relu(x @ p["out2"]["kernel"] + p["out2"]["bias"])
+    return x @ p["out3"]["kernel"] + p["out3"]["bias"]
+
+
+def _mlp_decoder_reference(p, x, edges, prediction_steps, skip_first):
+    """Ground truth at frames 0, P, 2P, ...; own predictions in between (a Python loop)."""
+    p = p["step"]
+    predictions, current = [], None
+    for t in range(x.shape[2] - 1):
+        if t % prediction_steps == 0:
+            current = x[:, :, t]
+        incoming = _messages(p["messages"], current, edges, _relu, skip_first)
+        current = current + _out_mlp(p, np.concatenate([current, incoming], -1))
+        predictions.append(current)
+    return np.stack(predictions, axis=2)
+
+
+def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size):
+    p = p["step"]
+    b, n, t, d = x.shape
+    n_types = edges.shape[-1] - (1 if skip_first else 0)
+    hidden = np.zeros((b, n, hidden_size))
+    predictions = []
+    for s in range(t - 1):
+        inp = x[:, :, s] if s < burn_in else predictions[-1]
+        msg = _messages(p["messages"], hidden, edges, np.tanh, skip_first) / n_types / (n - 1)
+        xi = inp @ p["gru"]["input"]["kernel"] + p["gru"]["input"]["bias"]
+        mm = msg @ p["gru"]["message"]["kernel"]
+        h = hidden_size
+        r = _sigmoid(xi[..., :h] + mm[..., :h])
+        z = _sigmoid(xi[..., h:2 * h] + mm[..., h:2 * h])
+        cand = np.tanh(xi[..., 2 * h:] + r * mm[..., 2 * h:])
+        hidden = (1 - z) * cand + z * hidden
+        predictions.append(inp + _out_mlp(p, hidden))
+    return np.stack(predictions, axis=2)
+
+
+def _inputs(shape, n_types, dtype=np.float32, seed=0):
+    """NumPy inputs [B, N, T, D] and softmax edge weights [B, E, K]."""
+    rng = np.random.default_rng(seed)
+    b, n = shape[:2]
+    logits = rng.normal(size=(b, n * (n - 1), n_types)) * 2
+    edges = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return rng.normal(size=shape).astype(dtype), edges.astype(dtype)
+
+
+def _numpy_variables(module, *args, seed=0, **kwargs):
+    """Random variables for `module` drawn with NumPy (no compiled initialisers: fast tests).
+
+    Kernels N(0, 1/fan_in), biases N(0, 0.01), BatchNorm scale ~1, running mean 0, var 1.
+    """
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: module.init(
+        {"params": key, "gumbel": key, "dropout": key}, *args, **kwargs))
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name in ("mean", "var"):
+            return np.full(leaf.shape, float(name == "var"), leaf.dtype)
+        if name == "scale":
+            return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        if name.endswith("bias"):
+            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _apply(decoder, train=False, **kwargs):
+    return jax.jit(lambda v, x, e, key=jax.random.key(0): decoder.apply(
+        v, x, e, train=train, rngs={"dropout": key}, **kwargs))
+
+
+@pytest.mark.parametrize("shape, k, steps, skip_first", [
+    ((2, 3, 8, 2), 2, 3, False),
+    ((1, 4, 6, 3), 3, 10, True),   # prediction_steps > T - 1: a single block
+])
+def test_mlp_decoder_matches_reference(x64, shape, k, steps, skip_first):
+    # Dropout 0.5 must be inactive in eval: the reference has no dropout.
+    decoder = decoders.MLPDecoder(hidden=6, n_edge_types=k, skip_first=skip_first, dropout=0.5)
+    x, edges = _inputs(shape, k, np.float64)
+    variables = _numpy_variables(decoder, x, edges, train=False)
+    out = _apply(decoder, prediction_steps=steps)(variables, x, edges)
+    assert out.shape == shape[:2] + (shape[2] - 1, shape[3])
+    expected = _mlp_decoder_reference(_np(variables["params"]), np.asarray(x),
+                                      np.asarray(edges, np.float64), steps, skip_first)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, k, burn_in, skip_first", [
+    ((2, 3, 7, 2), 2, 4, False),
+    ((1, 4, 5, 3), 3, None, True),  # default burn-in T - prediction_steps (clipped to 1)
+])
+def test_rnn_decoder_matches_reference(x64, shape, k, burn_in, skip_first):
+    decoder = decoders.RNNDecoder(hidden=5, n_edge_types=k, skip_first=skip_first, dropout=0.5)
+    x, edges = _inputs(shape, k, np.float64)
+    variables = _numpy_variables(decoder, x, edges, train=False)
+    out = _apply(decoder, prediction_steps=10, burn_in_steps=burn_in)(variables, x, edges)
+    expected_burn_in = burn_in if burn_in is not None else max(shape[2] - 10, 1)
+    expected = _rnn_decoder_reference(_np(variables["params"]), np.asarray(x),
+                                      np.asarray(edges, np.float64), expected_burn_in,
+                                      skip_first, 5)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
+def test_no_interaction_graph_decouples_objects(decoder_cls):
+    decoder = decoder_cls(hidden=8, n_edge_types=2, skip_first=True)
+    b, n, t, d = 2, 4, 6, 2
+    x, edges = _inputs((b, n, t, d), 2, seed=3)
+    variables = _numpy_variables(decoder, x, edges, train=False)
+    run = _apply(decoder, prediction_steps=2, burn_in_steps=3)
+
+    def apply(x, edges):
+        return run(variables, x, edges)
+
+    changed = x.copy()
+    changed[:, 0] += 1.0  # move object 0's whole trajectory
+    none = decoders.fully_connected_edges(b, n * (n - 1), 2, edge_type=0)
+    full = decoders.fully_connected_edges(b, n * (n - 1), 2, edge_type=1)
+    np.testing.assert_array_equal(apply(x, none)[:, 1:], apply(changed, none)[:, 1:])
+    # With interactions the same change does reach the other objects.
+    assert not np.allclose(apply(x, full)[:, 1:], apply(changed, full)[:, 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("decoder_cls, expected", [
+    (decoders.MLPDecoder, 269_828), (decoders.RNNDecoder, 727_300)])
+def test_reference_parameter_counts(decoder_cls, expected):
+    x, edges = jnp.zeros((1, 5, 49, 4)), jnp.zeros((1, 20, 2))
+    shapes = jax.eval_shape(lambda: decoder_cls(256, 2).init(jax.random.key(0), x, edges,
+                                                              train=False))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes)) == expected
+
+
+def test_dropout_in_training_and_edge_helpers():
+    decoder = decoders.MLPDecoder(hidden=16, n_edge_types=2, dropout=0.5)
+    x, edges = _inputs((2, 3, 5, 2), 2, seed=5)
+    variables = _numpy_variables(decoder, x, edges, train=False)
+    train = _apply(decoder, train=True)  # (eval-mode dropout: see the reference tests)
+    assert not np.allclose(train(variables, x, edges, jax.random.key(0)),
+                           train(variables, x, edges, jax.random.key(1)))
+    labels = jnp.array([[0, 1, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(decoders.one_hot_edges(labels, 2),
+                                  np.eye(2)[np.asarray(labels)])
+    with pytest.raises(ValueError, match="edges"):
+        decoder.apply(variables, x, edges[:, :4], train=False)
+    with pytest.raises(ValueError, match="edge_type"):
+        decoders.fully_connected_edges(1, 6, 2, edge_type=2)

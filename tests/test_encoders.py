@@ -1,0 +1,96 @@
+"""Encoders: shapes, permutation equivariance, the reference parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nri_jax import encoders, graphs
+
+
+def _n_params(module, inputs):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), inputs, train=False))
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("module, expected", [
+    (encoders.MLPEncoder(256, 2, factor=True), 710_146),
+    (encoders.MLPEncoder(256, 2, factor=False), 644_610),
+    (encoders.CNNEncoder(256, 2, factor=True), 933_379),
+])
+def test_reference_parameter_counts(module, expected):
+    assert _n_params(module, jnp.zeros((1, 5, 49, 4))) == expected
+
+
+def _edge_permutation(perm):
+    """Index map: logits of the permuted input at e' = logits of the original at map[e']."""
+    n = len(perm)
+    senders, receivers = graphs.fully_connected_index(n)
+    position = {(r, s): e for e, (r, s) in enumerate(zip(receivers, senders))}
+    return np.array([position[(perm[r], perm[s])] for r, s in zip(receivers, senders)])
+
+
+def _numpy_variables(module, *args, seed=0, **kwargs):
+    """Random variables for `module` drawn with NumPy (no compiled initialisers: fast tests).
+
+    Kernels N(0, 1/fan_in), biases N(0, 0.01), BatchNorm scale ~1, running mean 0, var 1.
+    """
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: module.init(
+        {"params": key, "gumbel": key, "dropout": key}, *args, **kwargs))
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name in ("mean", "var"):
+            return np.full(leaf.shape, float(name == "var"), leaf.dtype)
+        if name == "scale":
+            return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        if name.endswith("bias"):
+            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.mark.parametrize("module, shape", [
+    (encoders.MLPEncoder(16, 3, dropout=0.5, factor=True), (2, 4, 6, 3)),
+    (encoders.MLPEncoder(16, 2, factor=False), (3, 3, 5, 2)),
+    (encoders.CNNEncoder(8, 2, dropout=0.5, factor=True), (2, 4, 16, 2)),
+    (encoders.CNNEncoder(8, 4, factor=False), (1, 3, 14, 1)),
+])
+def test_shapes_and_permutation_equivariance(module, shape):
+    """Eval mode (dropout > 0 would need a 'dropout' RNG if it were active)."""
+    b, n = shape[:2]
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    variables = _numpy_variables(module, x, train=False)
+    run = jax.jit(lambda v, x: module.apply(v, x, train=False))
+    logits = run(variables, x)
+    assert logits.shape == (b, n * (n - 1), module.n_edge_types)
+    perm = np.random.default_rng(n).permutation(n)
+    while np.all(perm == np.arange(n)):
+        perm = np.roll(perm, 1)
+    permuted = run(variables, x[:, perm])
+    np.testing.assert_allclose(permuted, logits[:, _edge_permutation(perm)], rtol=1e-4, atol=1e-5)
+    # The check can fail: the logits are not symmetric under swapping edges at random.
+    assert not np.allclose(permuted, logits, atol=1e-3)
+
+
+def test_dropout_and_batch_statistics_in_training():
+    module = encoders.MLPEncoder(16, 2, dropout=0.5)
+    x = np.random.default_rng(3).normal(size=(4, 3, 5, 2)).astype(np.float32)
+    variables = _numpy_variables(module, x, train=False)
+    run = jax.jit(lambda k: module.apply(variables, x, train=True, rngs={"dropout": k},
+                                         mutable=["batch_stats"]))
+    (a, updates), (b, _) = run(jax.random.key(5)), run(jax.random.key(6))
+    assert not np.allclose(a, b)
+    moved = jax.tree_util.tree_map(lambda u, v: not np.allclose(u, v),
+                                   updates["batch_stats"], variables["batch_stats"])
+    assert all(jax.tree_util.tree_leaves(moved))
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="inputs"):
+        encoders.MLPEncoder(8, 2).init(jax.random.key(0), jnp.zeros((2, 5, 4)), train=False)
+    with pytest.raises(ValueError, match="at least 14 frames"):
+        encoders.CNNEncoder(8, 2).init(jax.random.key(0), jnp.zeros((1, 3, 13, 2)), train=False)

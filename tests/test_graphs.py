@@ -1,0 +1,121 @@
+"""Edge index and message passing against dense NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nri_jax import graphs
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 7])
+def test_index_is_row_major_off_diagonal(n):
+    senders, receivers = graphs.fully_connected_index(n)
+    # Reference order: off-diagonal entries of an [N, N] matrix, row-major.
+    expected = [(i, j) for i in range(n) for j in range(n) if j != i]
+    assert list(zip(receivers.tolist(), senders.tolist())) == expected
+    assert np.all(np.diff(receivers) >= 0)
+
+
+def test_edge_matrix_round_trip_matches_labels_convention():
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 3, size=(2, 4, 4))
+    labels = np.stack([m[~np.eye(4, dtype=bool)] for m in matrix])  # dataset convention
+    as_list = jax.jit(graphs.edge_matrix_to_list)(jnp.asarray(matrix))
+    np.testing.assert_array_equal(as_list, labels)
+    back = jax.jit(graphs.edge_list_to_matrix)(as_list)
+    np.testing.assert_array_equal(back, matrix * (1 - np.eye(4, dtype=int)))
+
+
+def test_n_objects_from_edges():
+    assert graphs.n_objects_from_edges(20) == 5
+    assert graphs.n_objects_from_edges(2) == 2
+    with pytest.raises(ValueError, match="n_edges"):
+        graphs.n_objects_from_edges(7)
+    with pytest.raises(ValueError, match="n_objects"):
+        graphs.fully_connected_index(1)
+
+
+def test_node_to_edge_against_explicit_indexing():
+    rng = np.random.default_rng(1)
+    b, n, f, fe = 3, 4, 2, 3
+    nodes = rng.normal(size=(b, n, f))
+    edge_feats = rng.normal(size=(b, n * (n - 1), fe))
+    senders, receivers = graphs.fully_connected_index(n)
+    out = jax.jit(lambda x, e: graphs.node_to_edge(x, senders, receivers, e))(
+        jnp.asarray(nodes, jnp.float32), jnp.asarray(edge_feats, jnp.float32))
+    expected = np.zeros((b, n * (n - 1), 2 * f + fe))
+    e = 0
+    for i in range(n):
+        for j in range(n):
+            if j != i:
+                expected[:, e] = np.concatenate([nodes[:, j], nodes[:, i], edge_feats[:, e]], -1)
+                e += 1
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def _dense_reference(edges, n, reduce):
+    """Per receiver, reduce over the N-1 senders with an adjacency matrix (float64)."""
+    b, _, f = edges.shape
+    senders, receivers = graphs.fully_connected_index(n)
+    incidence = np.zeros((n, n * (n - 1)))  # incidence[i, e] = 1 if edge e arrives at i
+    incidence[receivers, np.arange(n * (n - 1))] = 1
+    if reduce == "sum":
+        return np.einsum("ie,bef->bif", incidence, edges)
+    if reduce == "mean":
+        return np.einsum("ie,bef->bif", incidence, edges) / incidence.sum(1)[:, None]
+    masked = np.where(incidence[None, :, :, None] > 0, edges[:, None], -np.inf)
+    return masked.max(axis=2)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+@pytest.mark.parametrize("n", [2, 5])
+def test_edge_to_node_against_dense_reference(reduce, n):
+    rng = np.random.default_rng(2)
+    edges = rng.normal(size=(3, n * (n - 1), 4))
+    _, receivers = graphs.fully_connected_index(n)
+    fn = jax.jit(lambda e: graphs.edge_to_node(e, receivers, n, reduce=reduce))
+    np.testing.assert_allclose(fn(jnp.asarray(edges, jnp.float32)),
+                               _dense_reference(edges, n, reduce), rtol=1e-5, atol=1e-6)
+
+
+def test_edge_to_node_on_other_axis_and_bad_reduce():
+    rng = np.random.default_rng(3)
+    edges = rng.normal(size=(6, 3, 2)).astype(np.float32)  # [E, B, F] for N=3, edge axis 0
+    _, receivers = graphs.fully_connected_index(3)
+    out = jax.jit(lambda e: graphs.edge_to_node(e, receivers, 3, axis=0))(edges)
+    ref = _dense_reference(np.moveaxis(edges, 0, 1), 3, "sum")
+    np.testing.assert_allclose(np.moveaxis(np.asarray(out), 0, 1), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="reduce"):
+        graphs.edge_to_node(edges, receivers, 3, reduce="median")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_fully_connected_fast_path_equals_segment_sum(n):
+    rng = np.random.default_rng(4)
+    edges = jnp.asarray(rng.normal(size=(2, 3, n * (n - 1), 5)), jnp.float32)
+    _, receivers = graphs.fully_connected_index(n)
+    fast = jax.jit(graphs.sum_incoming_fully_connected, static_argnums=1)(edges, n)
+    general = graphs.edge_to_node(edges, receivers, n, indices_are_sorted=True)
+    np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="edges"):
+        graphs.sum_incoming_fully_connected(edges, n + 1)
+
+
+def test_graphs_tuple_agrees_with_batched_layout():
+    rng = np.random.default_rng(5)
+    b, n, f = 3, 4, 2
+    nodes = jnp.asarray(rng.normal(size=(b, n, f)), jnp.float32)
+    edge_feats = jnp.asarray(rng.normal(size=(b, n * (n - 1), 1)), jnp.float32)
+    graph = jax.jit(graphs.fully_connected_graphs)(nodes, edge_feats)
+    assert graph.nodes.shape == (b * n, f) and graph.edges.shape == (b * n * (n - 1), 1)
+    np.testing.assert_array_equal(graph.n_node, [n] * b)
+    senders, receivers = graphs.fully_connected_index(n)
+    batched = graphs.node_to_edge(nodes, senders, receivers, edge_feats)
+    flat = graphs.node_to_edge(graph.nodes, graph.senders, graph.receivers, graph.edges)
+    np.testing.assert_allclose(flat.reshape(batched.shape), batched)
+    summed = graphs.edge_to_node(flat, graph.receivers, b * n)
+    np.testing.assert_allclose(summed.reshape(b, n, -1),
+                               graphs.edge_to_node(batched, receivers, n), rtol=1e-6)
+    with pytest.raises(ValueError, match="nodes"):
+        graphs.fully_connected_graphs(nodes[0])

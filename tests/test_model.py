@@ -1,0 +1,204 @@
+"""The NRI VAE: config validation, shapes, sampling modes, a train step, learning."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nri_jax import decoders, graphs, losses
+from nri_jax.model import NRI, ModelConfig, NRIOutput
+
+TINY = dict(encoder_hidden=8, decoder_hidden=8)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n_edge_types", 1), ("encoder", "gnn"), ("decoder", "lstm"), ("encoder_hidden", 0),
+    ("decoder_hidden", -1), ("encoder_dropout", 1.0), ("decoder_dropout", -0.1), ("tau", 0.0),
+])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"{field}.*{value}"):
+        ModelConfig(**{field: value})
+
+
+@pytest.mark.parametrize("config, expected", [
+    (ModelConfig(), 710_146 + 269_828),
+    (ModelConfig(encoder="cnn", decoder="rnn"), 933_379 + 727_300),
+])
+def test_full_model_parameter_count(config, expected):
+    x = jnp.zeros((1, 5, 49, 4))
+    shapes = jax.eval_shape(lambda: NRI(config).init(
+        {"params": jax.random.key(0), "gumbel": jax.random.key(1)}, x, train=False))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"])) == \
+        expected
+
+
+def _numpy_variables(module, *args, seed=0, **kwargs):
+    """Random variables for `module` drawn with NumPy (no compiled initialisers: fast tests).
+
+    Kernels N(0, 1/fan_in), biases N(0, 0.01), BatchNorm scale ~1, running mean 0, var 1.
+    """
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: module.init(
+        {"params": key, "gumbel": key, "dropout": key}, *args, **kwargs))
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name in ("mean", "var"):
+            return np.full(leaf.shape, float(name == "var"), leaf.dtype)
+        if name == "scale":
+            return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        if name.endswith("bias"):
+            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _normal(shape, seed):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _eval_apply(model, **kwargs):
+    return jax.jit(lambda v, x: model.apply(v, x, train=False, rngs={"gumbel": jax.random.key(1)},
+                                            **kwargs))
+
+
+@pytest.mark.parametrize("config, shape", [
+    (ModelConfig(n_edge_types=3, **TINY), (2, 3, 6, 2)),
+    (ModelConfig(encoder="cnn", decoder="rnn", skip_first=True, **TINY), (2, 4, 14, 3)),
+])
+def test_shapes_and_hard_samples_in_eval(config, shape):
+    b, n, t, d = shape
+    x = _normal(shape, 1)
+    model = NRI(config)
+    out = _eval_apply(model, prediction_steps=2)(_numpy_variables(model, x, train=False), x)
+    assert isinstance(out, NRIOutput)
+    k, e = config.n_edge_types, n * (n - 1)
+    assert out.logits.shape == out.probs.shape == out.edges.shape == (b, e, k)
+    assert out.predictions.shape == (b, n, t - 1, d)
+    np.testing.assert_allclose(out.probs, jax.nn.softmax(out.logits), rtol=1e-6)
+    assert set(np.unique(np.asarray(out.edges)).tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("hard, train, one_hot", [
+    (False, True, False), (True, True, True), (False, False, True)])
+def test_sample_edges_soft_in_training_unless_hard(hard, train, one_hot):
+    model = NRI(ModelConfig(hard=hard, **TINY))
+    logits = _normal((2, 6, 2), 2)
+    edges = jax.jit(lambda l: model.apply({}, l, train=train, rngs={"gumbel": jax.random.key(3)},
+                                          method=NRI.sample_edges))(logits)
+    assert (set(np.unique(np.asarray(edges)).tolist()) <= {0.0, 1.0}) == one_hot
+
+
+def test_given_edges_decoder_inputs_and_methods_agree_with_call():
+    config = ModelConfig(**TINY)
+    x, longer = _normal((2, 3, 6, 2), 4), _normal((2, 3, 8, 2), 5)
+    given = decoders.fully_connected_edges(2, 6, 2)
+    model = NRI(config)
+    variables = _numpy_variables(model, x, train=False)
+    out = jax.jit(lambda v, x, longer, e: model.apply(
+        v, x, train=False, prediction_steps=3, edges=e, decoder_inputs=longer))(
+            variables, x, longer, given)
+    np.testing.assert_array_equal(out.edges, given)
+    assert out.predictions.shape == (2, 3, 7, 2)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False, method=NRI.encode))(variables, x)
+    np.testing.assert_allclose(logits, out.logits, rtol=1e-6)
+    predictions = jax.jit(lambda v, x, e: model.apply(v, x, e, train=False, prediction_steps=3,
+                                                      method=NRI.decode))(variables, longer, given)
+    np.testing.assert_allclose(predictions, out.predictions, rtol=1e-6)
+
+
+def test_train_step_is_finite_and_does_not_recompile():
+    config = ModelConfig(**TINY)  # (dropout doubles the compile time; tested elsewhere)
+    model, tx, traces = NRI(config), optax.adam(1e-3), []
+    x = _normal((4, 3, 6, 2), 6)
+    variables = _numpy_variables(model, x, train=False)
+
+    def loss_fn(params, batch_stats, x, key):
+        gumbel_key, dropout_key = jax.random.split(key)
+        out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                   rngs={"gumbel": gumbel_key, "dropout": dropout_key},
+                                   mutable=["batch_stats"], prediction_steps=2)
+        nll = losses.gaussian_nll(out.predictions, x[:, :, 1:], variance=5e-5)
+        kl = losses.kl_categorical_uniform(out.probs)
+        return jnp.mean(nll + kl) / x.shape[1], (updates["batch_stats"], out.edges)
+
+    @jax.jit
+    def train_step(params, batch_stats, opt_state, x, key):
+        traces.append(1)  # runs once per trace, not per call
+        (loss, (batch_stats, edges)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, x, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss, grads, edges
+
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    for i in range(2):
+        *state, loss, grads, edges = train_step(*state, x + i, jax.random.key(10 + i))
+        assert np.isfinite(loss)
+        assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(state))
+    assert len(traces) == 1
+    # Training: soft edge samples, and BatchNorm running statistics move.
+    assert not set(np.unique(np.asarray(edges)).tolist()) <= {0.0, 1.0}
+    moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), state[1],
+                                   variables["batch_stats"])
+    assert all(jax.tree_util.tree_leaves(moved))
+    # Every parameter receives a gradient (nothing is disconnected).
+    assert all(np.abs(g).sum() > 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+def _springs(rng, n_sims, n_objects, n_frames, *, k=1.0, dt=0.01, every=10):
+    """Hooke springs on a random symmetric graph, symplectic Euler; [S, N, T, 4], adjacency."""
+    upper = np.triu(rng.random((n_sims, n_objects, n_objects)) < 0.5, 1)
+    adjacency = (upper | upper.transpose(0, 2, 1)).astype(np.float64)
+    x = rng.normal(0, 0.5, (n_sims, n_objects, 2))
+    angle = rng.uniform(0, 2 * np.pi, (n_sims, n_objects))
+    v = 0.5 * np.stack([np.cos(angle), np.sin(angle)], -1)
+    frames = []
+    for step in range(n_frames * every):
+        v = v - dt * k * np.einsum("bij,bijd->bid", adjacency, x[:, :, None] - x[:, None, :])
+        x = x + dt * v
+        if (step + 1) % every == 0:
+            frames.append(np.concatenate([x, v], -1))
+    trajectories = np.stack(frames, axis=2)
+    return trajectories / trajectories.std(axis=(0, 1, 2)), adjacency
+
+
+def test_mlp_decoder_learns_springs_with_the_true_graph_not_the_wrong_one():
+    trajectories, adjacency = _springs(np.random.default_rng(0), 128, 4, 6)
+    x = jnp.asarray(trajectories, jnp.float32)
+    labels = graphs.edge_matrix_to_list(jnp.asarray(adjacency)).astype(jnp.int32)
+    true_graph = decoders.one_hot_edges(labels, 2)
+    wrong_graph = decoders.one_hot_edges(1 - labels, 2)  # the complement
+    decoder = decoders.MLPDecoder(hidden=32, n_edge_types=2, skip_first=True)
+    # The decoder's own (PyTorch-default) initialisation, as in training.
+    params = jax.jit(lambda x, e: decoder.init(jax.random.key(0), x, e, train=False))(
+        x, true_graph)["params"]
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def loss_fn(params, edges):
+        predictions = decoder.apply({"params": params}, x, edges, train=False, prediction_steps=1)
+        return jnp.mean(jnp.square(predictions - x[:, :, 1:]))
+
+    @jax.jit
+    def step(params, opt_state, edges):
+        loss, grads = jax.value_and_grad(loss_fn)(params, edges)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    final = {}
+    for name, edges in (("true", true_graph), ("wrong", wrong_graph)):
+        p, opt_state = params, tx.init(params)
+        p, opt_state, initial = step(p, opt_state, edges)
+        for _ in range(200):
+            p, opt_state, _ = step(p, opt_state, edges)
+        final[name] = float(loss_fn(p, edges))
+        if name == "true":
+            # Measured: 400-550x over seeds 0-2. The one-step MSE must fall by at least 50x.
+            assert final["true"] < float(initial) / 50
+    # Measured: 33-41x. Without the right neighbours the forces cannot be predicted.
+    assert final["wrong"] > 5 * final["true"]
