@@ -1,0 +1,182 @@
+"""Frozen experiment configs and named presets.
+
+A `Config` is three frozen dataclasses: what data to train on (`DataConfig`),
+which model (`nri_jax.model.ModelConfig`) and how to train it
+(`TrainConfig`). Presets are plain functions returning a `Config`; command-line
+flags override single fields with `override`. Field names are unique across
+the three parts so that every field is also a flag of the same name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Callable
+
+from nri_jax.model import ModelConfig
+
+SYSTEMS = ("springs", "charged", "kuramoto")
+PRIORS = ("uniform", "sparse")
+
+
+def _check(condition: bool, name: str, value: Any, requirement: str) -> None:
+    if not condition:
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to train on; generated (and cached) when `data_dir` is unset.
+
+    Attributes:
+      system: "springs", "charged" or "kuramoto".
+      n_objects: N, the number of interacting objects.
+      n_train, n_valid, n_test: trajectories per split.
+      data_dir: a dataset directory: used as it is when it exists (native or
+        reference layout, whatever its sizes), generated from these settings
+        when it does not; None caches under `data/` named after the settings.
+      data_seed: seed of the generated dataset.
+    """
+
+    system: str = "springs"
+    n_objects: int = 5
+    n_train: int = 50_000
+    n_valid: int = 10_000
+    n_test: int = 10_000
+    data_dir: str | None = None
+    data_seed: int = 42
+
+    def __post_init__(self):
+        _check(self.system in SYSTEMS, "system", self.system, f"one of {SYSTEMS}")
+        _check(self.n_objects >= 2, "n_objects", self.n_objects, ">= 2")
+        for name in ("n_train", "n_valid", "n_test"):
+            _check(getattr(self, name) > 0, name, getattr(self, name), "positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loss settings (reference defaults, NRI_REFERENCE section 3).
+
+    Attributes:
+      epochs: passes over the training split.
+      batch_size: global batch, split evenly over devices.
+      learning_rate: Adam step size.
+      lr_decay_every: epochs between learning-rate decays (staircase).
+      lr_decay_factor: multiplier applied at each decay.
+      variance: fixed variance of the Gaussian likelihood.
+      prediction_steps: the MLP decoder sees ground truth every this many frames.
+      burn_in_steps: the RNN decoder sees ground truth for this many inputs;
+        None means `T - prediction_steps` (39 of 49 frames, as the reference).
+      prior: "uniform" or "sparse" prior over edge types for the KL term.
+      no_edge_prob: prior mass on edge type 0 for the sparse prior.
+      eval_batch_size: batch size of validation and test passes.
+      seed: seed of initialisation, shuffling and sampling.
+      n_devices: devices to shard the batch over; None uses all visible ones.
+    """
+
+    epochs: int = 500
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    lr_decay_every: int = 200
+    lr_decay_factor: float = 0.5
+    variance: float = 5e-5
+    prediction_steps: int = 10
+    burn_in_steps: int | None = None
+    prior: str = "uniform"
+    no_edge_prob: float = 0.91
+    eval_batch_size: int = 256
+    seed: int = 0
+    n_devices: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "lr_decay_every", "prediction_steps",
+                     "eval_batch_size"):
+            _check(getattr(self, name) > 0, name, getattr(self, name), "positive")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
+        _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor,
+               "in (0, 1]")
+        _check(self.variance > 0, "variance", self.variance, "positive")
+        _check(self.burn_in_steps is None or self.burn_in_steps > 0, "burn_in_steps",
+               self.burn_in_steps, "positive or None")
+        _check(self.prior in PRIORS, "prior", self.prior, f"one of {PRIORS}")
+        _check(0 < self.no_edge_prob < 1, "no_edge_prob", self.no_edge_prob, "in (0, 1)")
+        _check(self.n_devices is None or self.n_devices > 0, "n_devices", self.n_devices,
+               "positive or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+
+
+def _paper(system: str, n_objects: int) -> Config:
+    """The paper's protocol: 50k/10k/10k data, 500 epochs, batch 128, Adam 5e-4."""
+    variance = 1e-2 if system == "kuramoto" else 5e-5
+    return Config(DataConfig(system=system, n_objects=n_objects), ModelConfig(),
+                  TrainConfig(variance=variance))
+
+
+def quick() -> Config:
+    """The README's default job: springs 5 on a laptop CPU in a few minutes."""
+    return Config(
+        DataConfig(n_train=10_000, n_valid=1_000, n_test=1_000),
+        ModelConfig(encoder_hidden=128, decoder_hidden=128),
+        TrainConfig(epochs=15, batch_size=128, learning_rate=1e-3, lr_decay_every=10),
+    )
+
+
+def tiny() -> Config:
+    """Seconds on a CPU: for tests and smoke runs, learns nothing useful."""
+    return Config(
+        DataConfig(n_train=64, n_valid=32, n_test=32),
+        ModelConfig(encoder_hidden=16, decoder_hidden=16),
+        TrainConfig(epochs=2, batch_size=16, eval_batch_size=16),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "quick": quick,
+    "tiny": tiny,
+    **{f"{s}{n}": (lambda s=s, n=n: _paper(s, n)) for s in SYSTEMS for n in (5, 10)},
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def fields() -> dict[str, tuple[str, type, Any]]:
+    """Every overridable field: name -> (part, type, default of the plain Config)."""
+    out = {}
+    for part, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f.name] = (part, hints[f.name], f.default)
+    return out
+
+
+def override(config: Config, **changes: Any) -> Config:
+    """Returns `config` with the named fields replaced (validated again).
+
+    Raises:
+      ValueError: for an unknown field name or an invalid value.
+    """
+    known = fields()
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}")
+    parts = {"data": {}, "model": {}, "train": {}}
+    for name, value in changes.items():
+        parts[known[name][0]][name] = value
+    return Config(*(dataclasses.replace(getattr(config, p), **kv) for p, kv in parts.items()))

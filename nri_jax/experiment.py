@@ -1,0 +1,397 @@
+"""The experiment shell: data, the epoch loop, logs, checkpoints, resume, reports.
+
+This is the one module of the library that touches files, clocks and progress
+bars; everything it drives is pure. A run directory holds:
+
+    config.json          the resolved Config
+    data.json            dataset path, system, sizes and normalisation statistics
+    metrics.jsonl        one JSON record per epoch (train and validation)
+    checkpoints/latest/  the last two epochs (for --resume)
+    checkpoints/best/    the epoch with the best validation NLL
+    report.json, report.md   the test report of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from nri_jax import checkpointing, training
+from nri_jax import data as data_lib
+from nri_jax.configs import Config, DataConfig
+from nri_jax.model import NRI
+from simulators import datasets
+
+CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class RunDirError(ValueError):
+    """A run directory is missing, incomplete, or would be overwritten."""
+
+
+def default_data_dir(cfg: DataConfig) -> pathlib.Path:
+    return pathlib.Path("data") / (f"{cfg.system}{cfg.n_objects}_{cfg.n_train}-{cfg.n_valid}"
+                                   f"-{cfg.n_test}_seed{cfg.data_seed}")
+
+
+def _progress_bar(desc: str) -> Callable[[int, int], None]:
+    """A callback(done, total) drawing a progress bar on stderr (only on a terminal)."""
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="traj", disable=not sys.stderr.isatty())
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def load_data(cfg: DataConfig, stats=None) -> tuple[Any, pathlib.Path]:
+    """Loads the dataset `cfg` names, generating and caching it when missing.
+
+    An existing `cfg.data_dir` is used as it is (native or reference layout,
+    whatever its sizes); a missing one, or the default cache path
+    `data/<settings>` when `data_dir` is None, is generated from `cfg` first
+    (and reused by later runs with the same settings).
+
+    Returns:
+      (dataset, path); the dataset is normalised with `stats` when given
+      (another run's training statistics), else with its own training split's.
+    """
+    path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
+    if cfg.data_dir is None or not path.exists():
+        datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
+                                n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test,
+                                seed=cfg.data_seed, progress=_progress_bar)
+    dataset = datasets.load_dataset(path, stats=stats)
+    if dataset.n_objects != cfg.n_objects:
+        raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
+                         f"asks for n_objects={cfg.n_objects}")
+    return dataset, path
+
+
+def _log_line(epoch: int, epochs: int, record: dict) -> str:
+    t, v = record["train"], record["valid"]
+    return (f"epoch {epoch + 1}/{epochs} | train loss {t['loss']:.4g} nll {t['nll']:.4g} "
+            f"kl {t['kl']:.4g} acc {t['edge_accuracy_best_permutation']:.3f} | valid nll "
+            f"{v['nll']:.4g} mse {v['mse']:.3g} acc {v['edge_accuracy']:.3f} "
+            f"(best perm {v['edge_accuracy_best_permutation']:.3f}) | "
+            f"{record['samples_per_s']:.0f} samples/s")
+
+
+class Run:
+    """The objects one run shares between its phases: mesh, data, model, state."""
+
+    def __init__(self, config: Config, dataset, workdir: pathlib.Path, n_encoder_frames: int,
+                 splits=("train", "valid", "test")):
+        self.config, self.workdir = config, workdir
+        self.n_encoder_frames = n_encoder_frames
+        self.mesh = data_lib.make_mesh(config.train.n_devices)
+        self.splits = {name: data_lib.put_split(
+            data_lib.Split(getattr(dataset, name).features, getattr(dataset, name).labels),
+            self.mesh) for name in splits}
+        tc = config.train
+        data_lib.check_batch_size(tc.eval_batch_size, None, self.mesh, "eval_batch_size")
+        if "train" in splits:
+            data_lib.check_batch_size(tc.batch_size, len(dataset.train.features), self.mesh,
+                                      "batch_size")
+            self.steps_per_epoch = len(dataset.train.features) // tc.batch_size
+        else:
+            self.steps_per_epoch = 1
+        self.model = NRI(config.model)
+        self.tx = training.make_optimizer(tc, self.steps_per_epoch)
+        self.key = jax.random.key(tc.seed)
+        example = next(iter(self.splits.values())).features[:1, :, :n_encoder_frames]
+        self.state = jax.device_put(
+            training.init_state(jax.random.fold_in(self.key, 0), self.model, self.tx, example),
+            data_lib.replicated(self.mesh))
+        ckpt_dir = workdir / "checkpoints"
+        self.latest = checkpointing.manager(ckpt_dir / "latest", max_to_keep=2)
+        self.best = checkpointing.manager(ckpt_dir / "best", max_to_keep=1)
+        self.epoch = 0
+
+    def restore(self, which: str) -> dict:
+        """Loads the "best" or "latest" checkpoint into `state`; returns its metadata."""
+        restored = checkpointing.restore(getattr(self, which), self.state)
+        if restored is None:
+            raise checkpointing.CheckpointError(
+                f"no {which} checkpoint in {self.workdir / 'checkpoints' / which}")
+        state, meta, _ = restored
+        self.state = jax.device_put(state, data_lib.replicated(self.mesh))
+        self.epoch = meta["epoch"]
+        return meta
+
+    def evaluate(self, step_fn, split_name: str, key) -> dict:
+        split = self.splits[split_name]
+        indices, weights = data_lib.ordered_batches(len(split.features),
+                                                    self.config.train.eval_batch_size)
+        total = None
+        for i in range(len(indices)):
+            total = training.accumulate(total, step_fn(self.state, split, indices[i],
+                                                       weights[i], jax.random.fold_in(key, i)))
+        return training.summarise(total)
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    """Writes JSON atomically: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _prepare_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
+    config_path = workdir / CONFIG_FILE
+    if resume:
+        if not config_path.exists():
+            raise RunDirError(f"--resume: {config_path} not found; nothing to resume")
+        saved = json.loads(config_path.read_text())
+        if saved != json.loads(json.dumps(config.to_dict())):
+            raise RunDirError(f"--resume: the config differs from the one in {config_path}; "
+                              "resume with the same settings or start a new --workdir")
+        return
+    if workdir.exists() and any(workdir.iterdir()):
+        raise RunDirError(f"run directory {workdir} is not empty; pass --resume to continue "
+                          "it or choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, config.to_dict())
+
+
+def _read_metrics(workdir: pathlib.Path, upto_epoch: int) -> list[dict]:
+    path = workdir / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            continue
+    return [r for r in records if r["epoch"] < upto_epoch]
+
+
+def _resume(run: Run) -> tuple[int, float]:
+    """Restores the latest checkpoint; returns (first epoch to run, best validation NLL)."""
+    if not run.latest.all_steps():
+        return 0, float("inf")
+    meta = run.restore("latest")
+    records = _read_metrics(run.workdir, meta["epoch"])
+    (run.workdir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return meta["epoch"], meta["best_valid_nll"]
+
+
+def _train_epoch(run: Run, train_step, epoch: int) -> dict:
+    """One pass over the shuffled training split; one host synchronisation at the end."""
+    epoch_key = jax.random.fold_in(jax.random.fold_in(run.key, 1), epoch)
+    shuffle_key, step_key = jax.random.split(epoch_key)
+    batches = data_lib.shuffled_batches(shuffle_key, len(run.splits["train"].features),
+                                        run.config.train.batch_size)
+    total = None
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
+               disable=not sys.stderr.isatty())
+    for i in bar:
+        run.state, sums = train_step(run.state, run.splits["train"], batches[i],
+                                     jax.random.fold_in(step_key, i))
+        total = training.accumulate(total, sums)
+    if int(total["nonfinite_steps"]):
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1}, step {int(total['first_nonfinite_step'])}; "
+            f"training stopped. The last good checkpoint is in {run.workdir / 'checkpoints'}")
+    return training.summarise(total)
+
+
+def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bool = False,
+                       log: Callable[[str], None] = print) -> dict:
+    """Trains NRI as `config` says, keeps the best checkpoint and reports on the test split.
+
+    Args:
+      config: the full experiment config.
+      workdir: the run directory (created; must be empty unless `resume`).
+      resume: continue from the latest checkpoint in `workdir`.
+      log: where the per-epoch lines go.
+
+    Returns:
+      The test report (also written to report.json / report.md in `workdir`).
+    """
+    workdir = pathlib.Path(workdir)
+    dataset, data_path = load_data(config.data)
+    _prepare_workdir(config, workdir, resume)
+    n_encoder_frames = dataset.train.features.shape[2]
+    _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
+                                      "n_encoder_frames": n_encoder_frames,
+                                      **datasets.describe(dataset)})
+    run = Run(config, dataset, workdir, n_encoder_frames)
+    start, best_nll = _resume(run) if resume else (0, float("inf"))
+    if start:
+        log(f"resumed {workdir} after epoch {start}")
+    train_step = training.make_train_step(run.model, run.tx, config, run.mesh)
+    eval_step = training.make_eval_step(run.model, config, run.mesh)
+    eval_key = jax.random.fold_in(run.key, 2)
+    for epoch in range(start, config.train.epochs):
+        t0 = time.perf_counter()
+        train_metrics = _train_epoch(run, train_step, epoch)
+        seconds = time.perf_counter() - t0
+        valid_metrics = run.evaluate(eval_step, "valid", jax.random.fold_in(eval_key, epoch))
+        record = {"epoch": epoch, "train": train_metrics, "valid": valid_metrics,
+                  "seconds": seconds,
+                  "samples_per_s": run.steps_per_epoch * config.train.batch_size / seconds}
+        with open(workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(_log_line(epoch, config.train.epochs, record))
+        meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, valid_metrics["nll"])}
+        if valid_metrics["nll"] < best_nll:
+            best_nll = valid_metrics["nll"]
+            checkpointing.save(run.best, epoch + 1, run.state, meta)
+        checkpointing.save(run.latest, epoch + 1, run.state, meta)
+    run.restore("best")
+    return _test(run, log)
+
+
+def _test(run: Run, log, out=None) -> dict:
+    """The test report of the run's current state, written into its directory."""
+    test_step = training.make_test_step(run.model, run.config, run.n_encoder_frames, run.mesh)
+    report = run.evaluate(test_step, "test", jax.random.fold_in(run.key, 3))
+    report.update(epoch=run.epoch, n_test=len(run.splits["test"].features))
+    write_report(run.workdir, report, log, out)
+    return report
+
+
+def write_report(workdir: pathlib.Path, report: dict, log=print, out: pathlib.Path | None = None):
+    """Writes the test report as JSON (to `out` or report.json) and a Markdown table."""
+    _write_json(out or workdir / REPORT_JSON, report)
+    md = markdown_report(report)
+    (workdir / REPORT_MD).write_text(md)
+    log(md)
+
+
+def markdown_report(report: dict) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    for key in ("edge_accuracy", "edge_accuracy_best_permutation", "nll"):
+        lines.append(f"| {key} | {report[key]:.4f} |")
+    for h, mse in enumerate(report["mse_by_horizon"], start=1):
+        if h in (1, 5, 10, 20, 49) or h == len(report["mse_by_horizon"]):
+            lines.append(f"| mse at horizon {h} | {mse:.3e} |")
+    return "\n".join(lines) + "\n"
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[Config, dict]:
+    """Reads a run directory's config and data description, with clear errors."""
+    run_dir = pathlib.Path(run_dir)
+    for name in (CONFIG_FILE, DATA_FILE):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"{run_dir} is not a run directory: {name} is missing")
+    try:
+        config = Config.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+        data_info = json.loads((run_dir / DATA_FILE).read_text())
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunDirError(f"{run_dir}: unreadable or incompatible run files ({err})") from err
+    return config, data_info
+
+
+def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+             checkpoint: str = "best", splits=("test",)) -> Run:
+    """Restores a run directory for evaluation or inspection.
+
+    Args:
+      run_dir: a directory written by `train_and_evaluate`.
+      data_dir: use this dataset (native or reference layout) instead of the
+        run's own; it is normalised with the run's training statistics.
+      checkpoint: "best" (best validation NLL) or "latest".
+      splits: which splits to place on the device(s).
+
+    Returns:
+      A `Run` whose state holds the restored parameters.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config, data_info = read_run(run_dir)
+    path = pathlib.Path(data_dir or data_info["path"])
+    dataset = datasets.load_dataset(path, stats=datasets.stats_from_dict(data_info["stats"]))
+    if dataset.n_objects != config.data.n_objects:
+        raise ValueError(f"dataset {path} has {dataset.n_objects} objects; the run in "
+                         f"{run_dir} was trained on n_objects={config.data.n_objects}")
+    n_features = dataset.test.features.shape[-1]
+    if n_features != data_info["n_features"]:
+        raise ValueError(f"dataset {path} has {n_features} features per frame; the run in "
+                         f"{run_dir} was trained on {data_info['n_features']}")
+    run = Run(config, dataset, run_dir, data_info["n_encoder_frames"], splits=splits)
+    run.restore(checkpoint)
+    return run
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+                 out: str | os.PathLike | None = None, log=print) -> tuple[dict, Run]:
+    """Reports on the test split with the best checkpoint of a finished run.
+
+    Args: as `load_run`; `out` is where to write the JSON report (default:
+    run_dir/report.json).
+
+    Returns:
+      (report, run): the report dict and the restored run (for plotting).
+    """
+    run = load_run(run_dir, data_dir=data_dir)
+    return _test(run, log, out=out and pathlib.Path(out)), run
+
+
+def predict_examples(run: Run, n_examples: int = 4, split: str = "test") -> dict[str, np.ndarray]:
+    """Inferred graphs and open-loop predictions for the first examples of a split.
+
+    Returns host arrays: `features` [B, N, T, D], `labels` [B, E], `probs`
+    [B, E, K] (encoder on the first n_encoder_frames), and `predictions`
+    [B, N, H, D], the open-loop rollout of frames t_enc+1..t_enc+H from frame
+    t_enc (H = the test horizon), decoded through the hard-sampled graph.
+    """
+    data = run.splits[split]
+    x, labels = data.features[:n_examples], data.labels[:n_examples]
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    t_enc = run.n_encoder_frames
+    logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)
+    probs = jax.nn.softmax(logits, axis=-1)
+    horizon = training.test_horizon(run.config, x.shape[2], t_enc)
+    start = t_enc if run.config.model.decoder == "mlp" else 0
+    edges = jax.nn.one_hot(np.argmax(logits, -1), run.config.model.n_edge_types)
+    predictions = run.model.apply(variables, x[:, :, start: t_enc + horizon + 1], edges,
+                                  train=False, prediction_steps=horizon,
+                                  burn_in_steps=t_enc - start + 1, method=NRI.decode)
+    return jax.device_get({"features": x, "labels": labels, "probs": probs,
+                           "predictions": predictions[:, :, t_enc - start:]})
+
+
+def write_plots(run: Run, report: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Writes PNGs: true vs inferred graphs, predicted vs true paths, curves, MSE."""
+    from nri_jax import plotting  # matplotlib is imported only when plots are asked for
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ex = predict_examples(run)
+    t_enc = run.n_encoder_frames
+    figures = {"graphs.png": plotting.graph_comparison(ex["labels"], ex["probs"]),
+               "mse_by_horizon.png": plotting.mse_by_horizon(report["mse_by_horizon"])}
+    horizon = ex["predictions"].shape[2]
+    for b in range(min(2, len(ex["labels"]))):
+        figures[f"trajectory_{b}.png"] = plotting.trajectories(
+            ex["features"][b, :, t_enc: t_enc + horizon + 1], ex["predictions"][b],
+            labels=ex["labels"][b], title=f"test example {b}")
+    records = _read_metrics(run.workdir, upto_epoch=10**9)
+    if records:
+        figures["training_curves.png"] = plotting.training_curves(records)
+    written = []
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
+        plotting.plt.close(fig)
+        written.append(out_dir / name)
+    return written

@@ -1,0 +1,51 @@
+"""Tests of configs, presets and overrides."""
+
+import dataclasses
+
+import pytest
+
+from nri_jax import configs
+
+
+@pytest.mark.parametrize("name", sorted(configs.PRESETS))
+def test_presets_build_and_round_trip(name):
+    config = configs.get_preset(name)
+    assert configs.Config.from_dict(config.to_dict()) == config
+
+
+def test_paper_presets_follow_the_reference():
+    c = configs.get_preset("springs5")
+    assert (c.data.n_train, c.data.n_valid, c.data.n_test) == (50_000, 10_000, 10_000)
+    assert (c.train.epochs, c.train.batch_size, c.train.learning_rate) == (500, 128, 5e-4)
+    assert (c.train.lr_decay_every, c.train.lr_decay_factor) == (200, 0.5)
+    assert c.train.variance == 5e-5 and c.model.tau == 0.5 and c.train.prediction_steps == 10
+    assert configs.get_preset("kuramoto10").train.variance == 1e-2
+    assert configs.get_preset("charged10").data.n_objects == 10
+
+
+def test_field_names_are_unique_across_parts():
+    names = [f.name for cls in (configs.DataConfig, configs.TrainConfig,
+                                configs.ModelConfig) for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))
+
+
+def test_override_replaces_and_validates():
+    c = configs.override(configs.get_preset("tiny"), epochs=7, encoder="cnn", n_objects=3)
+    assert (c.train.epochs, c.model.encoder, c.data.n_objects) == (7, "cnn", 3)
+    with pytest.raises(ValueError, match="unknown config field"):
+        configs.override(c, epochz=3)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n_train", 0), ("n_objects", 1), ("system", "pendulum"), ("epochs", -1),
+    ("batch_size", 0), ("learning_rate", 0.0), ("variance", -1.0), ("prior", "laplace"),
+    ("n_edge_types", 1), ("tau", 0.0), ("encoder", "transformer"), ("n_devices", 0),
+])
+def test_invalid_values_fail_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        configs.override(configs.get_preset("tiny"), **{field: value})
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown preset 'nope'.*quick"):
+        configs.get_preset("nope")

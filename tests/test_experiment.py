@@ -1,0 +1,120 @@
+"""End-to-end runs of the experiment shell on the tiny preset: train, resume, evaluate."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import evaluate
+import train
+from nri_jax import configs, experiment
+from simulators import formats
+
+pytestmark = pytest.mark.e2e
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny preset (3 epochs) and one uninterrupted run of it."""
+    root = tmp_path_factory.mktemp("tiny")
+    config = configs.override(configs.get_preset("tiny"), epochs=3,
+                              data_dir=str(root / "data"))
+    report = experiment.train_and_evaluate(config, root / "run", log=lambda _: None)
+    return config, root, report
+
+
+def _params(run_dir, checkpoint):
+    run = experiment.load_run(run_dir, checkpoint=checkpoint)
+    return jax.device_get(run.state.params), run.epoch
+
+
+def test_run_directory_is_complete(tiny):
+    _, root, report = tiny
+    run = root / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert np.isfinite(r["train"]["loss"]) and np.isfinite(r["valid"]["nll"])
+        assert 0.0 <= r["valid"]["edge_accuracy"] <= 1.0
+    for key in ("edge_accuracy", "edge_accuracy_best_permutation", "nll", "mse_by_horizon"):
+        assert key in report
+    assert len(report["mse_by_horizon"]) == 20
+    assert report["edge_accuracy_best_permutation"] >= report["edge_accuracy"]
+    assert json.loads((run / "report.json").read_text()) == report
+    assert (run / "report.md").read_text().startswith("| metric")
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tiny):
+    config, root, report = tiny
+
+    def interrupt_in_epoch_2(line):  # raised before epoch 2 is checkpointed
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        experiment.train_and_evaluate(config, root / "resumed", log=interrupt_in_epoch_2)
+    assert not (root / "resumed" / "report.json").exists()
+    resumed = experiment.train_and_evaluate(config, root / "resumed", resume=True,
+                                            log=lambda _: None)
+    assert resumed == report
+    for checkpoint in ("latest", "best"):
+        (a, epoch_a), (b, epoch_b) = _params(root / "run", checkpoint), \
+            _params(root / "resumed", checkpoint)
+        assert epoch_a == epoch_b
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    lines = (root / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_refuses_to_overwrite_a_run(tiny):
+    config, root, _ = tiny
+    before = (root / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(experiment.RunDirError, match="not empty"):
+        experiment.train_and_evaluate(config, root / "run", log=lambda _: None)
+    other = configs.override(config, learning_rate=1.0)
+    with pytest.raises(experiment.RunDirError, match="config differs"):
+        experiment.train_and_evaluate(other, root / "run", resume=True, log=lambda _: None)
+    assert (root / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_evaluate_cli_on_reference_layout_matches_native(tiny, tmp_path):
+    _, root, report = tiny
+    raw = formats.read_dataset(root / "data")
+    formats.write_dataset(tmp_path / "ref", raw.splits, raw.metadata, format="reference")
+    (tmp_path / "ref" / "metadata.json").unlink()  # the original code writes none
+    assert evaluate.main([str(root / "run"), "--out", str(tmp_path / "native.json")]) == 0
+    assert evaluate.main([str(root / "run"), "--data", str(tmp_path / "ref"),
+                          "--out", str(tmp_path / "ref.json")]) == 0
+    native = json.loads((tmp_path / "native.json").read_text())
+    assert native == report
+    assert json.loads((tmp_path / "ref.json").read_text()) == native
+
+
+def test_evaluate_writes_plots(tiny):
+    _, root, _ = tiny
+    assert evaluate.main([str(root / "run"), "--out", str(root / "plots.json"), "--plots"]) == 0
+    pngs = sorted(p.name for p in (root / "run" / "plots").glob("*.png"))
+    assert pngs == ["graphs.png", "mse_by_horizon.png", "training_curves.png",
+                    "trajectory_0.png", "trajectory_1.png"]
+
+
+def test_clear_errors_for_bad_run_dirs(tiny, tmp_path, capsys):
+    _, root, _ = tiny
+    assert evaluate.main([str(tmp_path)]) == 1
+    assert "config.json is missing" in capsys.readouterr().err
+    assert train.main(["--preset", "tiny", "--workdir", str(tmp_path / "x"), "--resume"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_train_cli_rejects_bad_flags_before_work(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "tiny", "--n-edge-types", "1"])
+    assert "n_edge_types" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "nope"])
