@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from nri_jax import checkpointing, training
 from nri_jax import data as data_lib
@@ -173,8 +173,9 @@ def _prepare_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> Non
     _write_json(config_path, config.to_dict())
 
 
-def _read_metrics(workdir: pathlib.Path, upto_epoch: int) -> list[dict]:
-    path = workdir / METRICS_FILE
+def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
+    """The per-epoch records of a run's metrics.jsonl (those before `upto_epoch`)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     records = []
@@ -183,7 +184,7 @@ def _read_metrics(workdir: pathlib.Path, upto_epoch: int) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut short by a killed process
             continue
-    return [r for r in records if r["epoch"] < upto_epoch]
+    return [r for r in records if upto_epoch is None or r["epoch"] < upto_epoch]
 
 
 def _resume(run: Run) -> tuple[int, float]:
@@ -191,7 +192,7 @@ def _resume(run: Run) -> tuple[int, float]:
     if not run.latest.all_steps():
         return 0, float("inf")
     meta = run.restore("latest")
-    records = _read_metrics(run.workdir, meta["epoch"])
+    records = read_metrics(run.workdir, meta["epoch"])
     (run.workdir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     return meta["epoch"], meta["best_valid_nll"]
 
@@ -386,7 +387,7 @@ def write_plots(run: Run, report: dict, out_dir: pathlib.Path) -> list[pathlib.P
         figures[f"trajectory_{b}.png"] = plotting.trajectories(
             ex["features"][b, :, t_enc: t_enc + horizon + 1], ex["predictions"][b],
             labels=ex["labels"][b], title=f"test example {b}")
-    records = _read_metrics(run.workdir, upto_epoch=10**9)
+    records = read_metrics(run.workdir)
     if records:
         figures["training_curves.png"] = plotting.training_curves(records)
     written = []

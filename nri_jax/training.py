@@ -56,8 +56,10 @@ def init_state(key: jax.Array, model: NRI, tx: optax.GradientTransformation,
                example: jax.Array) -> TrainState:
     """Initialises parameters from `key` and a [B, N, T, D] example batch."""
     params_key, gumbel_key, dropout_key = jax.random.split(key, 3)
-    variables = model.init({"params": params_key, "gumbel": gumbel_key,
-                            "dropout": dropout_key}, example, train=False)
+    # One jitted init compiles once instead of op by op (~2x faster start-up).
+    init = jax.jit(functools.partial(model.init, train=False))
+    variables = init({"params": params_key, "gumbel": gumbel_key, "dropout": dropout_key},
+                     example)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
