@@ -25,7 +25,19 @@ import numpy as np
 
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
-from nri_jax.nn import MessageGRUCell, torch_dense, torch_uniform
+from nri_jax.nn import MessageGRUCell, check_compute_dtype, matmul, torch_dense, torch_uniform
+
+
+def _maybe_remat(step_cls, remat: bool):
+    """The scan body, rematerialised in the backward pass when `remat`.
+
+    Memory: without remat, the backward pass keeps every step's activations
+    ([B, blocks, E, H] arrays, ~13 MB each at the paper's size, several per step);
+    with remat only the step inputs are kept and the step's forward is recomputed
+    during the backward pass (about a third more decoder arithmetic).
+    """
+    return nn.remat(step_cls, policy=jax.checkpoint_policies.nothing_saveable) if remat \
+        else step_cls
 
 
 def one_hot_edges(labels: jax.Array, n_types: int) -> jax.Array:
@@ -76,6 +88,7 @@ class TypedMessages(nn.Module):
       activation: nonlinearity after each layer (ReLU in the MLP decoder, tanh
         in the recurrent one).
       dropout: dropout rate between the two layers (training only).
+      compute_dtype: dtype of the products ("float32" or "bfloat16").
     """
 
     hidden: int
@@ -83,6 +96,7 @@ class TypedMessages(nn.Module):
     skip_first: bool
     activation: Callable[[jax.Array], jax.Array]
     dropout: float = 0.0
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, nodes: jax.Array, edges: jax.Array, *, train: bool) -> jax.Array:
@@ -98,10 +112,10 @@ class TypedMessages(nn.Module):
         messages = 0.0
         for t in range(1 if self.skip_first else 0, k):
             # Concatenation order [sender, receiver] as in graphs.node_to_edge.
-            first = (jnp.take(nodes @ w1[t, :f], senders, axis=-2)
-                     + jnp.take(nodes @ w1[t, f:], receivers, axis=-2))
+            first = (jnp.take(matmul(nodes, w1[t, :f], self.compute_dtype), senders, axis=-2)
+                     + jnp.take(matmul(nodes, w1[t, f:], self.compute_dtype), receivers, axis=-2))
             hidden = dropout(self.activation(_add_bias(first, b1[t])), deterministic=not train)
-            second = self.activation(_add_bias(hidden @ w2[t], b2[t]))
+            second = self.activation(_add_bias(matmul(hidden, w2[t], self.compute_dtype), b2[t]))
             messages = messages + second * edges[..., t:t + 1]
         return messages
 
@@ -110,12 +124,16 @@ class TypedMessages(nn.Module):
         return self.n_edge_types - 1 if self.skip_first else self.n_edge_types
 
 
-def _output_mlp(x: jax.Array, hidden: int, out: int, dropout: float, train: bool) -> jax.Array:
+def _output_mlp(x: jax.Array, hidden: int, out: int, dropout: float, train: bool,
+                compute_dtype: str = "float32") -> jax.Array:
     """Linear -> ReLU -> dropout -> Linear -> ReLU -> dropout -> Linear (in a compact scope)."""
     drop = nn.Dropout(dropout)
-    x = drop(nn.relu(torch_dense(hidden, x.shape[-1], name="out1")(x)), deterministic=not train)
-    x = drop(nn.relu(torch_dense(hidden, hidden, name="out2")(x)), deterministic=not train)
-    return torch_dense(out, hidden, name="out3")(x)
+    cd = compute_dtype
+    x = drop(nn.relu(torch_dense(hidden, x.shape[-1], name="out1", compute_dtype=cd)(x)),
+             deterministic=not train)
+    x = drop(nn.relu(torch_dense(hidden, hidden, name="out2", compute_dtype=cd)(x)),
+             deterministic=not train)
+    return torch_dense(out, hidden, name="out3", compute_dtype=cd)(x)
 
 
 class _MLPDecoderStep(nn.Module):
@@ -126,6 +144,7 @@ class _MLPDecoderStep(nn.Module):
     skip_first: bool
     dropout: float
     train: bool
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, edges: jax.Array):
@@ -133,12 +152,13 @@ class _MLPDecoderStep(nn.Module):
         n = x.shape[-2]
         _, receivers = graphs.fully_connected_index(n)
         messages = TypedMessages(self.hidden, self.n_edge_types, self.skip_first, nn.relu,
-                                 self.dropout, name="messages")(x, edges, train=self.train)
+                                 self.dropout, self.compute_dtype, name="messages")(
+            x, edges, train=self.train)
         incoming = graphs.edge_to_node(messages, receivers, n, reduce="sum",
                                        indices_are_sorted=True)
         delta = _output_mlp(jnp.concatenate([x, incoming], axis=-1), self.hidden, x.shape[-1],
-                            self.dropout, self.train)
-        x_next = x + delta
+                            self.dropout, self.train, self.compute_dtype)
+        x_next = x + delta  # float32 in every compute dtype: the state must not drift
         return x_next, x_next
 
 
@@ -154,12 +174,17 @@ class MLPDecoder(nn.Module):
     sample: 6.6 MFLOP per step (80% in the message MLPs' second layers) x 50
     steps (5 blocks x 10) = 331 MFLOP; with the MLP encoder (21 MFLOP) 352 MFLOP,
     about 1.06 GFLOP forward + backward (the reference counts 1.08).
+    `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
+    `remat` recomputes each step's activations in the backward pass instead of
+    storing them (less memory, more arithmetic).
     """
 
     hidden: int = 256
     n_edge_types: int = 2
     skip_first: bool = False
     dropout: float = 0.0
+    compute_dtype: str = "float32"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
@@ -170,6 +195,7 @@ class MLPDecoder(nn.Module):
         """
         del burn_in_steps
         check_trajectories(inputs)
+        check_compute_dtype(self.compute_dtype)
         check_edges(edges, inputs, self.n_edge_types)
         b, n, t, d = inputs.shape
         if t < 2 or prediction_steps < 1:
@@ -177,10 +203,11 @@ class MLPDecoder(nn.Module):
                              f"shape {inputs.shape}, prediction_steps={prediction_steps}")
         steps, n_blocks = min(prediction_steps, t - 1), math.ceil((t - 1) / prediction_steps)
         starts = jnp.swapaxes(inputs[:, :, :n_blocks * prediction_steps:prediction_steps], 1, 2)
-        rollout = nn.scan(_MLPDecoderStep, variable_broadcast="params", in_axes=nn.broadcast,
+        rollout = nn.scan(_maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
+                          in_axes=nn.broadcast,
                           split_rngs={"params": False, "dropout": True}, length=steps)
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
-                        name="step")(starts, edges[:, None])
+                        self.compute_dtype, name="step")(starts, edges[:, None])
         # ys [S, B, blocks, N, D]: entry (s, block) predicts frame block * P + s + 1.
         predictions = jnp.transpose(ys, (1, 3, 2, 0, 4)).reshape(b, n, n_blocks * steps, d)
         return predictions[:, :, :t - 1]
@@ -194,6 +221,7 @@ class _RNNDecoderStep(nn.Module):
     skip_first: bool
     dropout: float
     train: bool
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, carry, xs, edges: jax.Array):
@@ -204,14 +232,15 @@ class _RNNDecoderStep(nn.Module):
         n = x.shape[-2]
         _, receivers = graphs.fully_connected_index(n)
         typed = TypedMessages(self.hidden, self.n_edge_types, self.skip_first, jnp.tanh,
-                              self.dropout, name="messages")
+                              self.dropout, self.compute_dtype, name="messages")
         # Reference normalisation: average over the active types, then over the
         # N-1 incoming edges (see RNNDecoder for the departure in the divisor).
         messages = typed(hidden, edges, train=self.train) / typed.n_active_types
         incoming = graphs.edge_to_node(messages, receivers, n, reduce="sum",
                                        indices_are_sorted=True) / (n - 1)
-        hidden = MessageGRUCell(self.hidden, name="gru")(x, incoming, hidden)
-        prediction = x + _output_mlp(hidden, self.hidden, x.shape[-1], self.dropout, self.train)
+        hidden = MessageGRUCell(self.hidden, self.compute_dtype, name="gru")(x, incoming, hidden)
+        prediction = x + _output_mlp(hidden, self.hidden, x.shape[-1], self.dropout, self.train,
+                                     self.compute_dtype)
         return (hidden, prediction), prediction
 
 
@@ -227,12 +256,17 @@ class RNNDecoder(nn.Module):
     Departure: the reference divides the aggregated message by the size of the
     input's last axis (D, a bug meant as "average"); this divides by the number
     of incoming edges N-1, the same number at the paper's N=5, D=4.
+    `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
+    `remat` recomputes each step's activations in the backward pass instead of
+    storing them (less memory, more arithmetic).
     """
 
     hidden: int = 256
     n_edge_types: int = 2
     skip_first: bool = False
     dropout: float = 0.0
+    compute_dtype: str = "float32"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
@@ -250,6 +284,7 @@ class RNNDecoder(nn.Module):
         """
         check_trajectories(inputs)
         check_edges(edges, inputs, self.n_edge_types)
+        check_compute_dtype(self.compute_dtype)
         b, n, t, d = inputs.shape
         if t < 2:
             raise ValueError(f"inputs must have T >= 2 frames, got shape {inputs.shape}")
@@ -260,9 +295,9 @@ class RNNDecoder(nn.Module):
         frames = jnp.moveaxis(inputs[:, :, :t - 1], 2, 0)  # [T-1, B, N, D], time leading for scan
         use_frame = jnp.asarray(np.arange(t - 1) < burn_in_steps)
         carry = (jnp.zeros((b, n, self.hidden), inputs.dtype), jnp.zeros_like(inputs[:, :, 0]))
-        rollout = nn.scan(_RNNDecoderStep, variable_broadcast="params",
+        rollout = nn.scan(_maybe_remat(_RNNDecoderStep, self.remat), variable_broadcast="params",
                           in_axes=(0, nn.broadcast), length=t - 1,
                           split_rngs={"params": False, "dropout": True})
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
-                        name="step")(carry, (frames, use_frame), edges)
+                        self.compute_dtype, name="step")(carry, (frames, use_frame), edges)
         return jnp.moveaxis(ys, 0, 2)

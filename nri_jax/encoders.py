@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from nri_jax import graphs
-from nri_jax.nn import MLP, batch_norm, reference_dense
+from nri_jax.nn import MLP, batch_norm, check_compute_dtype, mixed_matmul, reference_dense
 
 # 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2, kernel 5 again.
 # The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
@@ -46,21 +46,23 @@ class EdgeHead(nn.Module):
     n_edge_types: int
     dropout: float = 0.0
     factor: bool = True
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, skip: jax.Array, *, train: bool) -> jax.Array:
-        h = self.hidden
+        h, cd = self.hidden, self.compute_dtype
         if self.factor:
             n = graphs.n_objects_from_edges(skip.shape[1])
             senders, receivers = graphs.fully_connected_index(n)
             x = graphs.edge_to_node(skip, receivers, n, reduce="sum",
                                     indices_are_sorted=True) / n
-            x = MLP(h, h, self.dropout, name="node_mlp")(x, train=train)
+            x = MLP(h, h, self.dropout, cd, name="node_mlp")(x, train=train)
             x = graphs.node_to_edge(x, senders, receivers)
         else:
-            x = MLP(h, h, self.dropout, name="edge_mlp")(skip, train=train)
+            x = MLP(h, h, self.dropout, cd, name="edge_mlp")(skip, train=train)
         x = jnp.concatenate([x, skip], axis=-1)
-        x = MLP(h, h, self.dropout, name="edge_skip_mlp")(x, train=train)
+        x = MLP(h, h, self.dropout, cd, name="edge_skip_mlp")(x, train=train)
+        # The logits layer is tiny (H x K) and feeds the softmax: kept float32.
         return reference_dense(self.n_edge_types, name="logits")(x)
 
 
@@ -68,32 +70,58 @@ class MLPEncoder(nn.Module):
     """The reference MLP encoder (710,146 parameters at N=5, T=49, D=4, H=256, K=2).
 
     Node MLP on the flattened trajectory [T*D] -> n2e -> edge MLP (= skip) -> EdgeHead.
+    `compute_dtype` ("float32" or "bfloat16") is the dtype of the MLPs' products.
     """
 
     hidden: int = 256
     n_edge_types: int = 2
     dropout: float = 0.0
     factor: bool = True
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
         """inputs [B, N, T, D] -> edge-type logits [B, E, K]."""
         check_trajectories(inputs)
+        check_compute_dtype(self.compute_dtype)
         b, n, t, d = inputs.shape
         senders, receivers = graphs.fully_connected_index(n)
-        h = self.hidden
-        x = MLP(h, h, self.dropout, name="node_mlp")(inputs.reshape(b, n, t * d), train=train)
+        h, cd = self.hidden, self.compute_dtype
+        x = MLP(h, h, self.dropout, cd, name="node_mlp")(inputs.reshape(b, n, t * d),
+                                                         train=train)
         x = graphs.node_to_edge(x, senders, receivers)
-        x = MLP(h, h, self.dropout, name="edge_mlp")(x, train=train)
-        return EdgeHead(h, self.n_edge_types, self.dropout, self.factor, name="head")(
+        x = MLP(h, h, self.dropout, cd, name="edge_mlp")(x, train=train)
+        return EdgeHead(h, self.n_edge_types, self.dropout, self.factor, cd, name="head")(
             x, train=train)
 
 
-def _conv(features: int, kernel: int, name: str) -> nn.Conv:
+def _bf16_valid_conv1d(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                       rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                       precision=None):
+    """nn.Conv's 1-D VALID convolution [R, T, C] * [k, C, F] as one `mixed_matmul`.
+
+    The k shifted windows are stacked along channels (im2col): [R, T-k+1, k*C]
+    @ [k*C, F], so the product and its two gradients run in bfloat16 with float32
+    sums (XLA's own bfloat16 convolution has no such VJP).
+    """
+    del dimension_numbers, precision  # flax's NWC / WIO layout, float32 out by construction
+    k = rhs.shape[0]
+    if (lhs.ndim != 3 or tuple(window_strides) != (1,) or padding != "VALID"
+            or tuple(lhs_dilation or (1,)) != (1,) or tuple(rhs_dilation or (1,)) != (1,)
+            or feature_group_count != 1):
+        raise ValueError("bfloat16 convolution supports 1-D, VALID, stride 1, undilated only")
+    steps = lhs.shape[1] - k + 1
+    windows = jnp.concatenate([lhs[:, s:s + steps] for s in range(k)], axis=-1)
+    return mixed_matmul(windows, rhs.reshape(k * rhs.shape[1], rhs.shape[2]))
+
+
+def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32") -> nn.Conv:
     # Reference init: weights N(0, 2 / (kernel * out_channels)), biases 0.1.
     return nn.Conv(features, (kernel,), padding="VALID", name=name,
                    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                   bias_init=nn.initializers.constant(0.1))
+                   bias_init=nn.initializers.constant(0.1),
+                   conv_general_dilated=(None if compute_dtype == "float32"
+                                         else _bf16_valid_conv1d))
 
 
 class TemporalCNN(nn.Module):
@@ -106,15 +134,17 @@ class TemporalCNN(nn.Module):
 
     hidden: int
     dropout: float = 0.0
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        h = self.hidden
-        x = batch_norm(train, name="bn1")(nn.relu(_conv(h, _CONV_KERNEL, "conv1")(x)))
+        h, cd = self.hidden, self.compute_dtype
+        x = batch_norm(train, name="bn1")(nn.relu(_conv(h, _CONV_KERNEL, "conv1", cd)(x)))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         x = nn.max_pool(x, (_POOL,), strides=(_POOL,))
-        x = batch_norm(train, name="bn2")(nn.relu(_conv(h, _CONV_KERNEL, "conv2")(x)))
-        prediction = _conv(h, 1, "predict")(x)
+        x = batch_norm(train, name="bn2")(nn.relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x)))
+        prediction = _conv(h, 1, "predict", cd)(x)
+        # One output channel feeding a softmax: kept float32.
         attention = jax.nn.softmax(_conv(1, 1, "attention")(x), axis=-2)
         return jnp.mean(prediction * attention, axis=-2)
 
@@ -124,17 +154,21 @@ class CNNEncoder(nn.Module):
 
     Per edge, the sender's and receiver's trajectories as 2D channels over T
     frames (T >= 14) -> TemporalCNN -> edge MLP (= skip) -> EdgeHead.
+    `compute_dtype` ("float32" or "bfloat16") is the dtype of the convolutions'
+    and MLPs' products.
     """
 
     hidden: int = 256
     n_edge_types: int = 2
     dropout: float = 0.0
     factor: bool = True
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
         """inputs [B, N, T, D] -> edge-type logits [B, E, K]."""
         check_trajectories(inputs)
+        check_compute_dtype(self.compute_dtype)
         b, n, t, d = inputs.shape
         if t < MIN_CNN_FRAMES:
             raise ValueError(f"inputs must have at least {MIN_CNN_FRAMES} frames for the CNN "
@@ -142,8 +176,9 @@ class CNNEncoder(nn.Module):
         senders, receivers = graphs.fully_connected_index(n)
         pairs = graphs.node_to_edge(inputs, senders, receivers, axis=1)  # [B, E, T, 2D]
         n_edges = senders.shape[0]
-        x = TemporalCNN(self.hidden, self.dropout, name="cnn")(
-            pairs.reshape(b * n_edges, t, 2 * d), train=train).reshape(b, n_edges, self.hidden)
-        x = MLP(self.hidden, self.hidden, self.dropout, name="edge_mlp")(x, train=train)
-        return EdgeHead(self.hidden, self.n_edge_types, self.dropout, self.factor, name="head")(
+        h, cd = self.hidden, self.compute_dtype
+        x = TemporalCNN(h, self.dropout, cd, name="cnn")(
+            pairs.reshape(b * n_edges, t, 2 * d), train=train).reshape(b, n_edges, h)
+        x = MLP(h, h, self.dropout, cd, name="edge_mlp")(x, train=train)
+        return EdgeHead(h, self.n_edge_types, self.dropout, self.factor, cd, name="head")(
             x, train=train)

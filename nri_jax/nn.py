@@ -8,19 +8,98 @@ BatchNorm state lives in the 'batch_stats' collection; dropout draws from the
 Initialisation follows the reference: encoder layers use Xavier-normal weights
 and biases 0.1; decoder layers keep PyTorch's default Linear initialisation,
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases alike.
+
+Mixed precision. Every layer that owns a large matrix product takes
+`compute_dtype`: "float32" (the default, plain float32 products) or "bfloat16",
+where the product's two inputs are rounded to bfloat16 and it accumulates and
+returns float32 (`mixed_matmul`). Parameters, BatchNorm, activations between the
+products and everything downstream stay float32. Performance: on the 2-core
+Zen 4 CPU (AVX512_BF16) a [12800, 256] x [256, 256] product runs about 2x
+faster in bfloat16; the backward pass only gains if its two products are in
+bfloat16 too, which is why `mixed_matmul` has its own VJP (autodiff of the
+casts alone leaves the backward products in float32, measured no faster than
+plain float32).
 """
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # PyTorch's xavier_normal_ is an untruncated normal with variance 2 / (fan_in + fan_out).
 xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 # PyTorch's BatchNorm1d momentum 0.1 weights the new batch; flax's momentum weights the old state.
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., F] @ w [F, H] -> float32 [..., H], products in bfloat16, sums in float32.
+
+    The backward pass rounds the output cotangent to bfloat16 as well, so its
+    two products (input and weight gradients) also run in bfloat16 with float32
+    accumulation; gradients come back in the dtypes of `x` and `w`.
+    """
+    return _mixed_matmul(jnp.dtype(x.dtype), jnp.dtype(w.dtype), x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_matmul(x_dtype, w_dtype, x, w):
+    return _mixed_matmul_fwd(x_dtype, w_dtype, x, w)[0]
+
+
+def _mixed_matmul_fwd(x_dtype, w_dtype, x, w):
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    # The bfloat16 copies are the residuals: half the memory of float32 ones.
+    return jnp.dot(x16, w16, preferred_element_type=jnp.float32), (x16, w16)
+
+
+def _mixed_matmul_bwd(x_dtype, w_dtype, residuals, g):
+    x16, w16 = residuals
+    g16 = g.astype(jnp.bfloat16)
+    rows = tuple(range(g.ndim - 1))
+    dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+    dw = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def check_compute_dtype(compute_dtype: str) -> None:
+    """Raises ValueError unless `compute_dtype` is "float32" or "bfloat16"."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+                         f"got {compute_dtype!r}")
+
+
+def matmul(x: jax.Array, w: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+    """x [..., F] @ w [F, H] in `compute_dtype` ("float32": exactly `x @ w`)."""
+    check_compute_dtype(compute_dtype)
+    return x @ w if compute_dtype == "float32" else mixed_matmul(x, w)
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """flax.linen.Dense's product over the last axis of `lhs`, as `mixed_matmul`."""
+    del precision, preferred_element_type  # bfloat16 inputs, float32 out by construction
+    if tuple(map(tuple, dimension_numbers[0])) != ((lhs.ndim - 1,), (0,)) or rhs.ndim != 2:
+        raise ValueError(f"bfloat16 Dense supports [..., F] x [F, H] only, got "
+                         f"{lhs.shape} x {rhs.shape} with {dimension_numbers}")
+    return mixed_matmul(lhs, rhs)
+
+
+def dense_dot_general(compute_dtype: str):
+    """The `dot_general` argument of nn.Dense for `compute_dtype` (None: flax's default)."""
+    check_compute_dtype(compute_dtype)
+    return None if compute_dtype == "float32" else _bf16_dot_general
 
 
 def torch_uniform(fan_in: int):
@@ -33,17 +112,20 @@ def torch_uniform(fan_in: int):
     return init
 
 
-def reference_dense(features: int, name: str | None = None) -> nn.Dense:
+def reference_dense(features: int, name: str | None = None, *,
+                    compute_dtype: str = "float32") -> nn.Dense:
     """Encoder Linear layer: Xavier-normal weights, biases 0.1."""
     return nn.Dense(features, kernel_init=xavier_normal,
-                    bias_init=nn.initializers.constant(0.1), name=name)
+                    bias_init=nn.initializers.constant(0.1), name=name,
+                    dot_general=dense_dot_general(compute_dtype))
 
 
 def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
-                name: str | None = None) -> nn.Dense:
+                name: str | None = None, compute_dtype: str = "float32") -> nn.Dense:
     """Decoder Linear layer with PyTorch's default initialisation for `fan_in` inputs."""
     return nn.Dense(features, use_bias=use_bias, kernel_init=torch_uniform(fan_in),
-                    bias_init=torch_uniform(fan_in), name=name)
+                    bias_init=torch_uniform(fan_in), name=name,
+                    dot_general=dense_dot_general(compute_dtype))
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
@@ -59,18 +141,21 @@ class MLP(nn.Module):
       hidden: width of the first layer.
       out: width of the output.
       dropout: dropout rate after the first layer (training only).
+      compute_dtype: dtype of the two matrix products ("float32" or "bfloat16").
     """
 
     hidden: int
     out: int
     dropout: float = 0.0
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps [..., F_in] -> [..., out]; BatchNorm pools all leading axes as rows."""
-        x = nn.elu(reference_dense(self.hidden, name="fc1")(x))
+        cd = self.compute_dtype
+        x = nn.elu(reference_dense(self.hidden, name="fc1", compute_dtype=cd)(x))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        x = nn.elu(reference_dense(self.out, name="fc2")(x))
+        x = nn.elu(reference_dense(self.out, name="fc2", compute_dtype=cd)(x))
         return batch_norm(train, name="batch_norm")(x)
 
 
@@ -90,18 +175,23 @@ class MessageGRUCell(nn.Module):
 
     Attributes:
       hidden: H, the hidden (and message) width.
+      compute_dtype: dtype of the two matrix products ("float32" or "bfloat16");
+        the gates and the state update stay float32.
     """
 
     hidden: int
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, inputs: jax.Array, messages: jax.Array, hidden: jax.Array) -> jax.Array:
         """inputs [..., D], messages [..., H], hidden [..., H] -> new hidden [..., H]."""
-        h = self.hidden
+        h, cd = self.hidden, self.compute_dtype
         x_r, x_z, x_n = jnp.split(
-            torch_dense(3 * h, inputs.shape[-1], name="input")(inputs), 3, axis=-1)
+            torch_dense(3 * h, inputs.shape[-1], name="input", compute_dtype=cd)(inputs), 3,
+            axis=-1)
         m_r, m_z, m_n = jnp.split(
-            torch_dense(3 * h, h, use_bias=False, name="message")(messages), 3, axis=-1)
+            torch_dense(3 * h, h, use_bias=False, name="message", compute_dtype=cd)(messages),
+            3, axis=-1)
         reset = nn.sigmoid(x_r + m_r)
         update = nn.sigmoid(x_z + m_z)
         candidate = jnp.tanh(x_n + reset * m_n)

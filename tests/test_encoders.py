@@ -94,3 +94,50 @@ def test_input_validation():
         encoders.MLPEncoder(8, 2).init(jax.random.key(0), jnp.zeros((2, 5, 4)), train=False)
     with pytest.raises(ValueError, match="at least 14 frames"):
         encoders.CNNEncoder(8, 2).init(jax.random.key(0), jnp.zeros((1, 3, 13, 2)), train=False)
+
+
+def _round_bf16(a):
+    return np.asarray(a, np.float32).astype(jnp.bfloat16).astype(np.float64)
+
+
+def test_bfloat16_convolution_is_the_rounded_valid_convolution():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 9, 4)).astype(np.float32)  # [R, T, C]
+    conv = encoders._conv(5, 3, "conv", "bfloat16")
+    variables = conv.init(jax.random.key(0), x)
+    kernel, bias = (np.asarray(variables["params"][k]) for k in ("kernel", "bias"))
+    # float64 VALID cross-correlation of the rounded inputs: out[r, s] = sum_k x[r, s+k] W[k].
+    xr, wr = _round_bf16(x), _round_bf16(kernel)
+    expected = sum(xr[:, k:k + 7] @ wr[k] for k in range(3)) + bias
+    np.testing.assert_allclose(jax.jit(conv.apply)(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder_cls, shape", [
+    (encoders.MLPEncoder, (4, 4, 6, 3)), (encoders.CNNEncoder, (4, 4, 16, 2))])
+def test_bfloat16_logits_agree_with_float32(encoder_cls, shape):
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    full, mixed = (encoder_cls(16, 2, compute_dtype=c) for c in ("float32", "bfloat16"))
+    variables = _numpy_variables(full, x, train=False)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+        jax.eval_shape(lambda: mixed.init(jax.random.key(0), x, train=False)))
+    run = lambda m: np.asarray(jax.jit(lambda v, x: m.apply(
+        v, x, train=True, mutable=["batch_stats"])[0])(variables, x))
+    want, got = run(full), run(mixed)
+    # Logits are O(1); about six products deep, each ~2^-8 relative (BatchNorm
+    # renormalises in between), so the error stays a few 2^-8 units.
+    assert np.max(np.abs(got - want)) < 0.05 * max(1.0, np.max(np.abs(want)))
+    assert not np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("module", [encoders.MLPEncoder(256, 2, compute_dtype="bfloat16"),
+                                    encoders.CNNEncoder(256, 2, compute_dtype="bfloat16")])
+def test_bfloat16_keeps_the_parameters(module):
+    counts = {encoders.MLPEncoder: 710_146, encoders.CNNEncoder: 933_379}
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 5, 49, 4)),
+                                                train=False))
+    leaves = jax.tree_util.tree_leaves(shapes["params"])
+    assert sum(int(np.prod(a.shape)) for a in leaves) == counts[type(module)]
+    assert all(a.dtype == jnp.float32 for a in leaves)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        encoders.MLPEncoder(8, 2, compute_dtype="half").init(
+            jax.random.key(0), jnp.zeros((1, 3, 4, 2)), train=False)

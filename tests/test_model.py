@@ -202,3 +202,41 @@ def test_mlp_decoder_learns_springs_with_the_true_graph_not_the_wrong_one():
             assert final["true"] < float(initial) / 50
     # Measured: 33-41x. Without the right neighbours the forces cannot be predicted.
     assert final["wrong"] > 5 * final["true"]
+
+
+def test_compute_dtype_is_validated():
+    with pytest.raises(ValueError, match="compute_dtype.*float16"):
+        ModelConfig(compute_dtype="float16")
+
+
+@pytest.mark.parametrize("config", [ModelConfig(**TINY),
+                                    ModelConfig(encoder="cnn", decoder="rnn", **TINY)])
+def test_bfloat16_train_step_agrees_with_float32(config):
+    x = _normal((4, 3, 14, 2), 8)
+    models = [NRI(dataclasses.replace(config, compute_dtype=c)) for c in ("float32", "bfloat16")]
+    variables = _numpy_variables(models[0], x, train=False)
+
+    def loss_and_grads(model):
+        def loss_fn(params):
+            out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                 train=True, rngs={"gumbel": jax.random.key(2)},
+                                 mutable=["batch_stats"], prediction_steps=2)
+            nll = losses.gaussian_nll(out.predictions, x[:, :, 1:], variance=5e-5)
+            return jnp.mean(nll + losses.kl_categorical_uniform(out.probs)), out.logits
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+
+    (loss32, logits32), grads32 = loss_and_grads(models[0])
+    (loss16, logits16), grads16 = loss_and_grads(models[1])
+    leaves16 = jax.tree_util.tree_leaves(grads16)
+    assert all(g.dtype == jnp.float32 and np.all(np.isfinite(g)) for g in leaves16)
+    assert jax.tree_util.tree_structure(grads16) == jax.tree_util.tree_structure(grads32)
+    # The loss is dominated by the NLL of the residual predictions (float32), so
+    # it moves by well under 1%; logits carry a few 2^-8 units of error.
+    np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+    assert np.max(np.abs(logits16 - logits32)) < 0.05 * max(1.0, np.max(np.abs(logits32)))
+    # Gradients point the same way (cosine similarity per parameter tensor; the
+    # attention conv's bias has an exactly zero gradient, softmax being shift
+    # invariant, hence the tiny absolute slack).
+    for g16, g32 in zip(leaves16, jax.tree_util.tree_leaves(grads32)):
+        g16, g32 = np.ravel(g16), np.ravel(g32)
+        assert g16 @ g32 >= 0.9 * np.linalg.norm(g16) * np.linalg.norm(g32) - 1e-12

@@ -83,3 +83,57 @@ def test_message_gru_cell_against_numpy(x64):
     expected = (1 - z) * n + z * h0
     out = jax.jit(cell.apply)({"params": params}, x, m, h0)
     np.testing.assert_allclose(out, expected, rtol=1e-10)
+
+
+# bfloat16 keeps 8 significant bits: rounding a float32 to it moves it by at most
+# 2^-9 relative, so one product of two rounded inputs is off by at most ~2^-8.
+BF16_UNIT = 2.0 ** -8
+
+
+def _round_bf16(a):
+    """Round-to-nearest-even to bfloat16 in NumPy (ml_dtypes), back as float64."""
+    return np.asarray(a, np.float32).astype(jnp.bfloat16).astype(np.float64)
+
+
+def test_mixed_matmul_and_its_gradients_against_numpy():
+    rng = np.random.default_rng(1)
+    x, w, g = (rng.normal(size=s).astype(np.float32) for s in [(3, 4, 40), (40, 6), (3, 4, 6)])
+    y, vjp = jax.jit(lambda x, w: jax.vjp(nri_nn.mixed_matmul, x, w))(x, w)
+    dx, dw = jax.jit(vjp)(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    # Exactly the float64 product of the rounded inputs, up to float32 summation.
+    np.testing.assert_allclose(y, _round_bf16(x) @ _round_bf16(w), rtol=1e-5, atol=1e-5)
+    rows_x, rows_g = _round_bf16(x).reshape(-1, 40), _round_bf16(g).reshape(-1, 6)
+    np.testing.assert_allclose(dx, _round_bf16(g) @ _round_bf16(w).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, rows_x.T @ rows_g, rtol=1e-5, atol=1e-5)
+    # And within the analytic bound of the exact float64 product.
+    bound = 1.01 * BF16_UNIT * (np.abs(x) @ np.abs(w).astype(np.float64))
+    assert np.all(np.abs(np.asarray(y, np.float64) - x.astype(np.float64) @ w) <= bound)
+
+
+def test_matmul_float32_is_plain_and_dtype_is_validated():
+    x, w = jnp.ones((2, 3)), jnp.full((3, 4), 0.1)
+    np.testing.assert_array_equal(jax.jit(nri_nn.matmul)(x, w), x @ w)
+    with pytest.raises(ValueError, match="compute_dtype.*float16"):
+        nri_nn.matmul(x, w, "float16")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_bfloat16_blocks_agree_with_float32(train):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 5, 12)).astype(np.float32)
+    blocks = [nri_nn.MLP(32, 16, compute_dtype=c) for c in ("float32", "bfloat16")]
+    variables = blocks[0].init(jax.random.key(0), x, train=False)
+    run = [jax.jit(lambda v, x, b=b: b.apply(v, x, train=train, mutable=["batch_stats"])[0])
+           for b in blocks]
+    full, mixed = (np.asarray(r(variables, x)) for r in run)
+    assert mixed.dtype == np.float32
+    # Outputs are O(1) (BatchNorm); two layers of ~2^-8 relative error each.
+    assert np.max(np.abs(mixed - full)) < 8 * BF16_UNIT
+    assert np.mean(np.abs(mixed - full)) < 2 * BF16_UNIT
+    assert not np.array_equal(mixed, full)  # the option does change the arithmetic
+    h = rng.normal(size=(6, 5, 16)).astype(np.float32)
+    cells = [nri_nn.MessageGRUCell(16, compute_dtype=c) for c in ("float32", "bfloat16")]
+    cell_vars = cells[0].init(jax.random.key(1), x, h, h)
+    full, mixed = (np.asarray(jax.jit(c.apply)(cell_vars, x, h, h)) for c in cells)
+    assert np.max(np.abs(mixed - full)) < 8 * BF16_UNIT

@@ -1,0 +1,143 @@
+"""Training throughput, FLOPs and peak memory of NRI train steps (springs 5 shapes).
+
+    python benchmarks/train_throughput.py                 # the three paper models, float32
+    python benchmarks/train_throughput.py --compute-dtype float32,bfloat16 --rounds 3
+    python benchmarks/train_throughput.py --models mlp+mlp --steps 50 --hidden 128
+
+Each (model, compute dtype) runs in its own subprocess so that its peak resident
+memory (the high-water mark of the whole process: Python, jax, XLA compilation,
+parameters, optimiser state, activations) is measured alone. The child also
+reports its peak RSS after compiling but before the first step (the baseline
+that does not depend on run-time buffers) and XLA's own memory analysis of the
+compiled step (temporaries = activations saved for the backward pass plus
+scratch; arguments = train state and data). With `--rounds R` every
+configuration runs R times, interleaved, and the best throughput is kept (the
+machine is shared: the best run is the least disturbed one). Data is random
+with the paper's shapes (B=128, N=5, T=49, D=4): throughput does not depend on
+the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {"mlp+mlp": ("mlp", "mlp"), "mlp+rnn": ("mlp", "rnn"), "cnn+mlp": ("cnn", "mlp")}
+REFERENCE = {"mlp+mlp": 84, "mlp+rnn": 44, "cnn+mlp": 31}  # PyTorch, same CPU kind
+MB = 2 ** 20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
+            n_objects: int, remat: bool = False) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from nri_jax import configs, training
+    from nri_jax import data as data_lib
+    from nri_jax.model import NRI
+
+    encoder, decoder = MODELS[model_name]
+    config = configs.override(configs.get_preset("springs5"), encoder=encoder, decoder=decoder,
+                              encoder_hidden=hidden, decoder_hidden=hidden, batch_size=batch,
+                              n_objects=n_objects, compute_dtype=compute_dtype,
+                              remat=remat)
+    key = jax.random.key(0)
+    n_edges = n_objects * (n_objects - 1)
+    split = data_lib.Split(jax.random.normal(key, (4 * batch, n_objects, 49, 4)),
+                           jax.random.randint(key, (4 * batch, n_edges), 0, 2))
+    model = NRI(config.model)
+    tx = training.make_optimizer(config.train, 100)
+    state = training.init_state(key, model, tx, split.features[:batch])
+    indices = jnp.arange(batch)
+    t0 = time.perf_counter()
+    step = training.make_train_step(model, tx, config).lower(state, split, indices, key).compile()
+    compile_s = time.perf_counter() - t0
+    rss_compiled = _peak_rss_mb()
+    flops = step.cost_analysis().get("flops", 0.0)
+    memory = step.memory_analysis()
+    state, sums = step(state, split, indices, key)  # warm up
+    jax.block_until_ready(sums)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        state, sums = step(state, split, (indices + i * batch) % len(split.features),
+                           jax.random.fold_in(key, i))
+    jax.block_until_ready((state, sums))
+    seconds = time.perf_counter() - t0
+    return {"model": model_name, "compute_dtype": compute_dtype, "remat": remat, "batch": batch,
+            "hidden": hidden, "steps": steps, "samples_per_s": steps * batch / seconds,
+            "xla_gflop_per_sample": flops / batch / 1e9, "compile_s": compile_s,
+            "peak_rss_after_compile_mb": rss_compiled, "peak_rss_mb": _peak_rss_mb(),
+            "xla_temp_mb": memory.temp_size_in_bytes / MB,
+            "xla_argument_mb": memory.argument_size_in_bytes / MB,
+            "xla_output_mb": memory.output_size_in_bytes / MB,
+            "reference_samples_per_s": REFERENCE[model_name]}
+
+
+def _run_child(args, name: str, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
+                          "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
+                          str(args.hidden), "--n-objects", str(args.n_objects)]
+                         + (["--remat"] if args.remat else []),
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _print(r: dict) -> None:
+    ratio = r["samples_per_s"] / r["reference_samples_per_s"]
+    remat = " remat" if r["remat"] else ""
+    print(f"{r['model']:8s} {r['compute_dtype']:8s}{remat} B={r['batch']} H={r['hidden']}: "
+          f"{r['samples_per_s']:7.1f} samples/s ({ratio:.2f}x "
+          f"the reference's {r['reference_samples_per_s']}), XLA count "
+          f"{r['xla_gflop_per_sample']:.3f} GFLOP/sample, peak RSS {r['peak_rss_mb']:.0f} MB "
+          f"({r['peak_rss_after_compile_mb']:.0f} MB after compiling; XLA temp "
+          f"{r['xla_temp_mb']:.0f} MB, args {r['xla_argument_mb']:.0f} MB)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--compute-dtype", default="float32",
+                        help="comma-separated: float32, bfloat16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="repeats; the best is kept")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--n-objects", type=int, default=5)
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute decoder activations in the backward pass")
+    parser.add_argument("--json", default=None, help="also write every run to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.compute_dtype, args.steps, args.batch,
+                                 args.hidden, args.n_objects, args.remat)))
+        return
+    configurations = [(m, d) for m in args.models.split(",")
+                      for d in args.compute_dtype.split(",")]
+    runs = []
+    for round_ in range(args.rounds):
+        for name, dtype in configurations:
+            runs.append(_run_child(args, name, dtype))
+            print(f"round {round_ + 1}: ", end="")
+            _print(runs[-1])
+    print("best of", args.rounds, "round(s):")
+    for name, dtype in configurations:
+        mine = [r for r in runs if (r["model"], r["compute_dtype"]) == (name, dtype)]
+        best = max(mine, key=lambda r: r["samples_per_s"])
+        _print({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
