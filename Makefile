@@ -19,5 +19,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,notebooks]'
+	$(PY) -m jupyter lab notebooks/
+
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -126,11 +126,17 @@ def _paper(system: str, n_objects: int) -> Config:
 
 
 def quick() -> Config:
-    """The README's default job: springs 5 on a laptop CPU in a few minutes."""
+    """The README's default job: springs 5 to >= 95% edge accuracy on a 2-core CPU.
+
+    Departs from the paper's settings for speed: 10k training trajectories,
+    hidden size 128, learning rate 1e-3, and `skip_first` (edge type 0 is "no
+    interaction", so the decoder computes one message MLP instead of two and
+    the encoder's labelling cannot come out swapped).
+    """
     return Config(
         DataConfig(n_train=10_000, n_valid=1_000, n_test=1_000),
-        ModelConfig(encoder_hidden=128, decoder_hidden=128),
-        TrainConfig(epochs=15, batch_size=128, learning_rate=1e-3, lr_decay_every=10),
+        ModelConfig(encoder_hidden=128, decoder_hidden=128, skip_first=True),
+        TrainConfig(epochs=20, batch_size=128, learning_rate=1e-3, lr_decay_every=12),
     )
 
 
