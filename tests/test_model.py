@@ -10,6 +10,7 @@ import pytest
 
 from nri_jax import decoders, graphs, losses
 from nri_jax.model import NRI, ModelConfig, NRIOutput
+from helpers import numpy_variables as _numpy_variables
 
 TINY = dict(encoder_hidden=8, decoder_hidden=8)
 
@@ -33,29 +34,6 @@ def test_full_model_parameter_count(config, expected):
         {"params": jax.random.key(0), "gumbel": jax.random.key(1)}, x, train=False))
     assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"])) == \
         expected
-
-
-def _numpy_variables(module, *args, seed=0, **kwargs):
-    """Random variables for `module` drawn with NumPy (no compiled initialisers: fast tests).
-
-    Kernels N(0, 1/fan_in), biases N(0, 0.01), BatchNorm scale ~1, running mean 0, var 1.
-    """
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(0)
-    shapes = jax.eval_shape(lambda: module.init(
-        {"params": key, "gumbel": key, "dropout": key}, *args, **kwargs))
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name in ("mean", "var"):
-            return np.full(leaf.shape, float(name == "var"), leaf.dtype)
-        if name == "scale":
-            return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-        if name.endswith("bias"):
-            return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-        return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _normal(shape, seed):
