@@ -15,6 +15,7 @@ import pathlib
 import sys
 
 from nri_jax import experiment
+from nri_jax.checkpointing import CheckpointError
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         if args.plots:
             written = experiment.write_plots(run, report, pathlib.Path(args.run_dir) / "plots")
             print("plots:", *map(str, written), sep="\n  ")
-    except (experiment.RunDirError, ValueError, FileNotFoundError) as err:
+    except (experiment.RunDirError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,7 @@ import types
 import typing
 
 from nri_jax import configs, experiment
+from nri_jax.checkpointing import CheckpointError
 
 
 def _parse_optional(inner: type):
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
     try:
         experiment.train_and_evaluate(config, workdir, resume=args.resume,
                                       log=lambda line: print(line, flush=True))
-    except (experiment.NonFiniteLossError, experiment.RunDirError, ValueError) as err:
+    except (experiment.NonFiniteLossError, experiment.RunDirError, CheckpointError, ValueError,
+            OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

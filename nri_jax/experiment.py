@@ -156,7 +156,8 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
+def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
+    """Fails before any long work when the run directory cannot be used as asked."""
     config_path = workdir / CONFIG_FILE
     if resume:
         if not config_path.exists():
@@ -165,12 +166,9 @@ def _prepare_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> Non
         if saved != json.loads(json.dumps(config.to_dict())):
             raise RunDirError(f"--resume: the config differs from the one in {config_path}; "
                               "resume with the same settings or start a new --workdir")
-        return
-    if workdir.exists() and any(workdir.iterdir()):
+    elif workdir.exists() and any(workdir.iterdir()):
         raise RunDirError(f"run directory {workdir} is not empty; pass --resume to continue "
                           "it or choose another --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, config.to_dict())
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
@@ -231,8 +229,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
       The test report (also written to report.json / report.md in `workdir`).
     """
     workdir = pathlib.Path(workdir)
+    _check_workdir(config, workdir, resume)
     dataset, data_path = load_data(config.data)
-    _prepare_workdir(config, workdir, resume)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / CONFIG_FILE, config.to_dict())
     n_encoder_frames = dataset.train.features.shape[2]
     _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
                                       "n_encoder_frames": n_encoder_frames,
