@@ -129,13 +129,16 @@ def quick() -> Config:
     """The README's default job: springs 5 to >= 95% edge accuracy on a 2-core CPU.
 
     Departs from the paper's settings for speed: 10k training trajectories,
-    hidden size 128, learning rate 1e-3, and `skip_first` (edge type 0 is "no
+    hidden size 128, learning rate 1e-3, `skip_first` (edge type 0 is "no
     interaction", so the decoder computes one message MLP instead of two and
-    the encoder's labelling cannot come out swapped).
+    the encoder's labelling cannot come out swapped), bfloat16 matrix products
+    and decoder rematerialisation (measured 1.26x faster than float32 on 2 CPU
+    cores at the same accuracy; BENCHMARKS.md, "The default job").
     """
     return Config(
         DataConfig(n_train=10_000, n_valid=1_000, n_test=1_000),
-        ModelConfig(encoder_hidden=128, decoder_hidden=128, skip_first=True),
+        ModelConfig(encoder_hidden=128, decoder_hidden=128, skip_first=True,
+                    compute_dtype="bfloat16", remat=True),
         TrainConfig(epochs=20, batch_size=128, learning_rate=1e-3, lr_decay_every=12),
     )
 
