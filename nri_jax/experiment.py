@@ -363,14 +363,10 @@ def predict_examples(run: Run, n_examples: int = 4, split: str = "test") -> dict
     t_enc = run.n_encoder_frames
     logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)
     probs = jax.nn.softmax(logits, axis=-1)
-    horizon = training.test_horizon(run.config, x.shape[2], t_enc)
-    start = t_enc if run.config.model.decoder == "mlp" else 0
     edges = jax.nn.one_hot(np.argmax(logits, -1), run.config.model.n_edge_types)
-    predictions = run.model.apply(variables, x[:, :, start: t_enc + horizon + 1], edges,
-                                  train=False, prediction_steps=horizon,
-                                  burn_in_steps=t_enc - start + 1, method=NRI.decode)
+    predictions = training.open_loop(run.model, variables, x, edges, run.config, t_enc)
     return jax.device_get({"features": x, "labels": labels, "probs": probs,
-                           "predictions": predictions[:, :, t_enc - start:]})
+                           "predictions": predictions})
 
 
 def write_plots(run: Run, report: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -171,6 +171,28 @@ def test_horizon(config: Config, n_frames: int, n_encoder_frames: int) -> int:
     return min(20, rest - 1) if config.model.decoder == "mlp" else rest - 1
 
 
+def open_loop(model: NRI, variables, x: jax.Array, edges: jax.Array, config: Config,
+              n_encoder_frames: int) -> jax.Array:
+    """Open-loop predictions of frames t_enc+1..t_enc+H from ground-truth frame t_enc.
+
+    The Markovian decoder needs only that frame; the recurrent one first reads
+    frames 0..t_enc to warm up its hidden state, as in the reference.
+
+    Args:
+      x: [B, N, T, D] test trajectories; edges: [B, E, K] decoder graph.
+
+    Returns:
+      [B, N, H, D] predictions, H = `test_horizon`.
+    """
+    t_enc = n_encoder_frames
+    horizon = test_horizon(config, x.shape[2], t_enc)
+    start = t_enc if config.model.decoder == "mlp" else 0
+    predictions = model.apply(variables, x[:, :, start: t_enc + horizon + 1], edges,
+                              train=False, prediction_steps=horizon,
+                              burn_in_steps=t_enc - start + 1, method=NRI.decode)
+    return predictions[:, :, t_enc - start:]
+
+
 def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None) -> Callable:
     """Builds the jitted test step, the paper's protocol (NRI_REFERENCE section 3).
 
@@ -192,14 +214,7 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
         one_step = model.apply(variables(state), tail, edges, train=False, prediction_steps=1,
                                burn_in_steps=t_enc - 1, method=NRI.decode)
         nll = losses.gaussian_nll(one_step, tail[:, :, 1:], variance=config.train.variance)
-        # Open loop from ground-truth frame t_enc. The Markovian decoder needs
-        # only that frame; the recurrent one first reads frames 0..t_enc to warm
-        # up its hidden state, as in the reference.
-        start = t_enc if config.model.decoder == "mlp" else 0
-        window = x[:, :, start: t_enc + horizon + 1]
-        predictions = model.apply(variables(state), window, edges, train=False,
-                                  prediction_steps=horizon, burn_in_steps=t_enc - start + 1,
-                                  method=NRI.decode)[:, :, t_enc - start:]
+        predictions = open_loop(model, variables(state), x, edges, config, t_enc)
         mse_h = metrics.mse_by_horizon(predictions, x[:, :, t_enc + 1: t_enc + horizon + 1],
                                        prediction_steps=horizon)
         return {
