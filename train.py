@@ -4,6 +4,8 @@
     python train.py --preset springs5        # the paper's protocol
     python train.py --preset tiny --epochs 3 --workdir runs/try
     python train.py --workdir runs/try --resume   # continue an interrupted run
+    python train.py --workdir runs/big --coordinator-address host0:1234 \
+        --num-processes 2 --process-id 0           # one of two processes (README)
 
 Every config field is also a flag (see --help); flags override the preset.
 """
@@ -46,6 +48,21 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                metavar=kind.__name__.upper(), help=f"{part}.{name}")
 
 
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process runs (jax.distributed; every process runs train.py with the same flags "
+        "and --workdir)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run configured by the environment "
+                            "(SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="address of process 0's coordinator service")
+    group.add_argument("--num-processes", type=int, metavar="INT",
+                       help="number of processes in the run")
+    group.add_argument("--process-id", type=int, metavar="INT",
+                       help="this process's index, 0 .. num_processes - 1")
+
+
 def config_from_args(args: argparse.Namespace) -> configs.Config:
     config = configs.get_preset(args.preset)
     given = {name: getattr(args, name) for name in configs.fields()
@@ -63,17 +80,28 @@ def main(argv=None) -> int:
                         help="run directory (default: runs/<preset>-<date-time>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --workdir from its latest checkpoint")
+    add_distributed_flags(parser)
     add_config_flags(parser)
     args = parser.parse_args(argv)
     if args.resume and args.workdir is None:
         parser.error("--resume needs --workdir")
+    distributed = args.distributed or args.coordinator_address or args.num_processes is not None
+    if distributed and args.workdir is None:
+        parser.error("a multi-process run needs --workdir (the same for every process)")
     try:
         config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    if distributed:
+        try:
+            experiment.initialize_distributed(args.coordinator_address, args.num_processes,
+                                              args.process_id)
+        except ValueError as err:
+            parser.error(str(err))
     workdir = args.workdir or (f"runs/{args.preset}-"
                                f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    print(f"run directory: {workdir}", flush=True)
+    if experiment.is_main_process():
+        print(f"run directory: {workdir}", flush=True)
     try:
         experiment.train_and_evaluate(config, workdir, resume=args.resume,
                                       log=lambda line: print(line, flush=True))

@@ -204,7 +204,7 @@ def least_confident_edges(probs: Array, labels: Array, *, n_edges: int = 10,
       `EdgeList` of [M] arrays sorted by increasing confidence.
     """
     _check_probs(probs, labels)
-    n_examples, n_total = probs.shape[0], probs.shape[0] * probs.shape[1]
+    n_total = probs.shape[0] * probs.shape[1]
     if not 1 <= n_edges <= n_total:
         raise ValueError(f"n_edges must be in [1, B * E = {n_total}], got {n_edges}")
     confidence = jnp.max(probs, axis=-1).ravel()

@@ -1,21 +1,26 @@
-"""Device-side data: splits as arrays, index batches, and the data-parallel mesh.
+"""Device-side data: splits as sharded arrays, index batches, and the data-parallel mesh.
 
 Datasets are small next to device memory (50k springs trajectories are about
-200 MB in float32), so each split lives on the device(s) whole and a batch is
-an index gather inside the jitted step: no host round trip per step. The batch
-axis of every gathered batch is sharded over the `data` axis of the mesh;
-parameters and optimiser state are replicated, so XLA inserts the gradient
-all-reduce and BatchNorm statistics are taken over the global batch.
+200 MB in float32), so each split lives on the devices whole and a batch is an
+index gather inside the jitted step: no host round trip per step. The examples
+of a split are sharded over the `data` axis of the mesh (each device holds
+1/n of them, and each process reads only the rows its devices hold), and so is
+the batch axis of every gathered batch; parameters and optimiser state are
+replicated, so XLA inserts the gradient all-reduce and BatchNorm statistics are
+taken over the global batch.
+
+A batch is the same global set of examples whatever the number of devices, so
+results depend on the device count only through floating-point rounding.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -33,14 +38,23 @@ class Split(NamedTuple):
 
 
 def make_mesh(n_devices: int | None = None) -> Mesh:
-    """A one-axis mesh named `data` over the first `n_devices` devices (all by default)."""
+    """A one-axis mesh named `data` over the first `n_devices` devices (all by default).
+
+    In a multi-process run (`jax.distributed`) the mesh spans every process's
+    devices, so `n_devices` must be None or all of them.
+    """
     devices = jax.devices()
     if n_devices is None:
         n_devices = len(devices)
     if not 0 < n_devices <= len(devices):
         raise ValueError(f"n_devices must be in [1, {len(devices)}] (visible devices), "
                          f"got {n_devices}")
-    return Mesh(np.asarray(devices[:n_devices]), (DATA_AXIS,))
+    if jax.process_count() > 1 and n_devices != len(devices):
+        raise ValueError(f"n_devices={n_devices}: a run of {jax.process_count()} processes "
+                         f"uses all {len(devices)} devices; leave n_devices unset")
+    # Auto axes: XLA propagates the batch sharding through the model (GSPMD).
+    return jax.make_mesh((n_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices[:n_devices])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -71,9 +85,34 @@ def check_batch_size(batch_size: int, n_examples: int | None, mesh: Mesh, name: 
                          f"examples)")
 
 
-def put_split(split: Split, mesh: Mesh) -> Split:
-    """Places a split on every device of the mesh (replicated)."""
-    return Split(*(jax.device_put(np.asarray(a), replicated(mesh)) for a in split))
+def put_split(features: Any, labels: Any, mesh: Mesh) -> Split:
+    """Shards a split's examples over the mesh, reading only the rows this process holds.
+
+    Args:
+      features: [S, N, T, D] and labels: [S, E], NumPy arrays or anything with
+        `.shape` that NumPy can slice along the first axis (such as the lazy
+        rows of `simulators.datasets.open_dataset`).
+      mesh: the device mesh.
+
+    Returns:
+      The split as global arrays sharded along S, which is padded with zero
+      rows to a multiple of the device count (batch indices never reach them).
+    """
+    n_devices = mesh.devices.size
+    return Split(*(_put_rows(rows, n_devices, batch_sharded(mesh)) for rows in (features, labels)))
+
+
+def _put_rows(rows: Any, n_devices: int, sharding: NamedSharding) -> jax.Array:
+    n = rows.shape[0]
+    shape = (-(-n // n_devices) * n_devices,) + tuple(rows.shape[1:])
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:
+        start, stop, _ = index[0].indices(shape[0])
+        block = np.asarray(rows[start:min(stop, n)])
+        padding = np.zeros((stop - start - len(block),) + shape[1:], block.dtype)
+        return np.concatenate([block, padding])
+
+    return jax.make_array_from_callback(shape, sharding, shard)
 
 
 def shuffled_batches(key: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
@@ -105,9 +144,36 @@ def ordered_batches(n_examples: int, batch_size: int) -> tuple[np.ndarray, np.nd
 
 
 def gather(split: Split, indices: jax.Array, mesh: Mesh | None = None) -> Split:
-    """The batch `split[indices]`, batch axis sharded over the mesh when given."""
-    batch = Split(jnp.take(split.features, indices, axis=0),
-                  jnp.take(split.labels, indices, axis=0))
+    """The batch `split[indices]` [B, ...]; with a mesh, gathered from sharded examples.
+
+    With a mesh, every device looks up the indices that fall in its own block of
+    examples (zeros elsewhere) and a reduce-scatter sums the blocks and hands
+    each device its B/n rows of the batch. That moves one batch over the
+    interconnect instead of all-gathering the split; the sum is exact because
+    each row is non-zero on exactly one device.
+
+    Args:
+      split: [S, ...] arrays, S sharded over the mesh's `data` axis.
+      indices: [B] int indices into S, the same on every device; B must be a
+        multiple of the device count.
+      mesh: the device mesh, or None for a plain gather.
+    """
     if mesh is None:
-        return batch
-    return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+        return Split(*(jnp.take(a, indices, axis=0) for a in split))
+
+    def local(block: Split, indices: jax.Array) -> Split:
+        rows = block.features.shape[0]
+        local_indices = indices - jax.lax.axis_index(DATA_AXIS) * rows
+        mine = (local_indices >= 0) & (local_indices < rows)
+        safe = jnp.clip(local_indices, 0, rows - 1)
+
+        def pick(a):
+            picked = jnp.take(a, safe, axis=0)
+            return jnp.where(mine.reshape((-1,) + (1,) * (a.ndim - 1)), picked,
+                             jnp.zeros((), a.dtype))
+
+        return Split(*(jax.lax.psum_scatter(pick(a), DATA_AXIS, scatter_dimension=0, tiled=True)
+                       for a in block))
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(DATA_AXIS), P()),
+                         out_specs=P(DATA_AXIS))(split, indices)

@@ -13,7 +13,6 @@ bars; everything it drives is pure. A run directory holds:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -23,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from nri_jax import checkpointing, training
@@ -77,9 +77,12 @@ def load_data(cfg: DataConfig, stats=None) -> tuple[Any, pathlib.Path]:
     """
     path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
     if cfg.data_dir is None or not path.exists():
-        datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
-                                n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test,
-                                seed=cfg.data_seed, progress=_progress_bar)
+        if is_main_process():  # the others wait, then read what it wrote
+            datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
+                                    n_train=cfg.n_train, n_valid=cfg.n_valid,
+                                    n_test=cfg.n_test, seed=cfg.data_seed,
+                                    progress=_progress_bar)
+        _sync("nri_jax:data")
     dataset = datasets.load_dataset(path, stats=stats)
     if dataset.n_objects != cfg.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
@@ -97,31 +100,37 @@ def _log_line(epoch: int, epochs: int, record: dict) -> str:
 
 
 class Run:
-    """The objects one run shares between its phases: mesh, data, model, state."""
+    """The objects one run shares between its phases: mesh, data, model, state.
+
+    Every process of a multi-process run builds the same `Run`; each places
+    only the rows of the splits that its own devices hold.
+    """
 
     def __init__(self, config: Config, dataset, workdir: pathlib.Path, n_encoder_frames: int,
                  splits=("train", "valid", "test")):
         self.config, self.workdir = config, workdir
         self.n_encoder_frames = n_encoder_frames
         self.mesh = data_lib.make_mesh(config.train.n_devices)
-        self.splits = {name: data_lib.put_split(
-            data_lib.Split(getattr(dataset, name).features, getattr(dataset, name).labels),
-            self.mesh) for name in splits}
+        self.sizes = {name: len(getattr(dataset, name).features) for name in splits}
         tc = config.train
         data_lib.check_batch_size(tc.eval_batch_size, None, self.mesh, "eval_batch_size")
         if "train" in splits:
-            data_lib.check_batch_size(tc.batch_size, len(dataset.train.features), self.mesh,
+            data_lib.check_batch_size(tc.batch_size, self.sizes["train"], self.mesh,
                                       "batch_size")
-            self.steps_per_epoch = len(dataset.train.features) // tc.batch_size
+            self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
             self.steps_per_epoch = 1
+        self.splits = {name: data_lib.put_split(getattr(dataset, name).features,
+                                                getattr(dataset, name).labels, self.mesh)
+                       for name in splits}
         self.model = NRI(config.model)
         self.tx = training.make_optimizer(tc, self.steps_per_epoch)
         self.key = jax.random.key(tc.seed)
-        example = next(iter(self.splits.values())).features[:1, :, :n_encoder_frames]
-        self.state = jax.device_put(
-            training.init_state(jax.random.fold_in(self.key, 0), self.model, self.tx, example),
-            data_lib.replicated(self.mesh))
+        example = np.asarray(getattr(dataset, splits[0]).features[:1])[:, :, :n_encoder_frames]
+        state = training.init_state(jax.random.fold_in(self.key, 0), self.model, self.tx,
+                                    example)
+        # Every process computes the same initial state; this makes it one global array.
+        self.state = jax.jit(lambda s: s, out_shardings=data_lib.replicated(self.mesh))(state)
         ckpt_dir = workdir / "checkpoints"
         self.latest = checkpointing.manager(ckpt_dir / "latest", max_to_keep=2)
         self.best = checkpointing.manager(ckpt_dir / "best", max_to_keep=1)
@@ -133,27 +142,70 @@ class Run:
         if restored is None:
             raise checkpointing.CheckpointError(
                 f"no {which} checkpoint in {self.workdir / 'checkpoints' / which}")
-        state, meta, _ = restored
-        self.state = jax.device_put(state, data_lib.replicated(self.mesh))
+        self.state, meta, _ = restored  # restored with the shardings of the current state
         self.epoch = meta["epoch"]
         return meta
 
     def evaluate(self, step_fn, split_name: str, key) -> dict:
-        split = self.splits[split_name]
-        indices, weights = data_lib.ordered_batches(len(split.features),
+        indices, weights = data_lib.ordered_batches(self.sizes[split_name],
                                                     self.config.train.eval_batch_size)
         total = None
         for i in range(len(indices)):
-            total = training.accumulate(total, step_fn(self.state, split, indices[i],
-                                                       weights[i], jax.random.fold_in(key, i)))
+            total = training.accumulate(total, step_fn(self.state, self.splits[split_name],
+                                                       indices[i], weights[i],
+                                                       jax.random.fold_in(key, i)))
         return training.summarise(total)
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-    """Writes JSON atomically: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins a multi-process run through `jax.distributed`; call before any other JAX use.
+
+    Arguments left None are taken from the environment: JAX_COORDINATOR_ADDRESS,
+    or the cluster JAX detects (SLURM, Open MPI, TPU pods, Kubernetes).
+
+    Raises:
+      ValueError: for a process count below 1 or a process id outside it.
+    """
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    # CPU processes exchange gradients over TCP (gloo); GPU and TPU use their own links.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files and logs (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """Waits until every process reaches this point (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    """Writes a file atomically (a reader or a killed run never leaves half of it),
+    from process 0 only."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _append_metrics(workdir: pathlib.Path, record: dict) -> None:
+    if is_main_process():
+        with open(workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
@@ -162,13 +214,26 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
     if resume:
         if not config_path.exists():
             raise RunDirError(f"--resume: {config_path} not found; nothing to resume")
-        saved = json.loads(config_path.read_text())
+        try:
+            saved = json.loads(config_path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunDirError(f"--resume: cannot read {config_path} ({err})") from err
         if saved != json.loads(json.dumps(config.to_dict())):
             raise RunDirError(f"--resume: the config differs from the one in {config_path}; "
                               "resume with the same settings or start a new --workdir")
     elif workdir.exists() and any(workdir.iterdir()):
         raise RunDirError(f"run directory {workdir} is not empty; pass --resume to continue "
                           "it or choose another --workdir")
+
+
+def _preflight(config: Config) -> None:
+    """Checks what can be checked before data generation: devices and batch sizes."""
+    mesh = data_lib.make_mesh(config.train.n_devices)
+    data_lib.check_batch_size(config.train.eval_batch_size, None, mesh, "eval_batch_size")
+    generated = config.data.data_dir is None or not pathlib.Path(config.data.data_dir).exists()
+    # An existing dataset's size is known only once it is opened (Run checks it then).
+    data_lib.check_batch_size(config.train.batch_size,
+                              config.data.n_train if generated else None, mesh, "batch_size")
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
@@ -190,8 +255,8 @@ def _resume(run: Run) -> tuple[int, float]:
     if not run.latest.all_steps():
         return 0, float("inf")
     meta = run.restore("latest")
-    records = read_metrics(run.workdir, meta["epoch"])
-    (run.workdir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = read_metrics(run.workdir, meta["epoch"])  # drops epochs after the checkpoint
+    _write_text(run.workdir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
     return meta["epoch"], meta["best_valid_nll"]
 
 
@@ -199,11 +264,11 @@ def _train_epoch(run: Run, train_step, epoch: int) -> dict:
     """One pass over the shuffled training split; one host synchronisation at the end."""
     epoch_key = jax.random.fold_in(jax.random.fold_in(run.key, 1), epoch)
     shuffle_key, step_key = jax.random.split(epoch_key)
-    batches = data_lib.shuffled_batches(shuffle_key, len(run.splits["train"].features),
+    batches = data_lib.shuffled_batches(shuffle_key, run.sizes["train"],
                                         run.config.train.batch_size)
     total = None
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
-               disable=not sys.stderr.isatty())
+               disable=not (sys.stderr.isatty() and is_main_process()))
     for i in bar:
         run.state, sums = train_step(run.state, run.splits["train"], batches[i],
                                      jax.random.fold_in(step_key, i))
@@ -219,19 +284,27 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
                        log: Callable[[str], None] = print) -> dict:
     """Trains NRI as `config` says, keeps the best checkpoint and reports on the test split.
 
+    In a multi-process run (`jax.distributed.initialize` called first) every
+    process calls this with the same arguments; process 0 generates missing
+    data, writes the run files and logs, orbax writes each checkpoint once.
+
     Args:
       config: the full experiment config.
       workdir: the run directory (created; must be empty unless `resume`).
       resume: continue from the latest checkpoint in `workdir`.
-      log: where the per-epoch lines go.
+      log: where the per-epoch lines go (process 0 only).
 
     Returns:
       The test report (also written to report.json / report.md in `workdir`).
     """
     workdir = pathlib.Path(workdir)
+    log = log if is_main_process() else (lambda _: None)
     _check_workdir(config, workdir, resume)
+    _preflight(config)
+    _sync("nri_jax:checked")  # no process writes before every process has checked
     dataset, data_path = load_data(config.data)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        workdir.mkdir(parents=True, exist_ok=True)
     _write_json(workdir / CONFIG_FILE, config.to_dict())
     n_encoder_frames = dataset.train.features.shape[2]
     _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
@@ -252,8 +325,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         record = {"epoch": epoch, "train": train_metrics, "valid": valid_metrics,
                   "seconds": seconds,
                   "samples_per_s": run.steps_per_epoch * config.train.batch_size / seconds}
-        with open(workdir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_metrics(workdir, record)
         log(_log_line(epoch, config.train.epochs, record))
         meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, valid_metrics["nll"])}
         if valid_metrics["nll"] < best_nll:
@@ -268,7 +340,7 @@ def _test(run: Run, log, out=None) -> dict:
     """The test report of the run's current state, written into its directory."""
     test_step = training.make_test_step(run.model, run.config, run.n_encoder_frames, run.mesh)
     report = run.evaluate(test_step, "test", jax.random.fold_in(run.key, 3))
-    report.update(epoch=run.epoch, n_test=len(run.splits["test"].features))
+    report.update(epoch=run.epoch, n_test=run.sizes["test"])
     write_report(run.workdir, report, log, out)
     return report
 
@@ -277,7 +349,7 @@ def write_report(workdir: pathlib.Path, report: dict, log=print, out: pathlib.Pa
     """Writes the test report as JSON (to `out` or report.json) and a Markdown table."""
     _write_json(out or workdir / REPORT_JSON, report)
     md = markdown_report(report)
-    (workdir / REPORT_MD).write_text(md)
+    _write_text(workdir / REPORT_MD, md)
     log(md)
 
 
@@ -357,8 +429,9 @@ def predict_examples(run: Run, n_examples: int = 4, split: str = "test") -> dict
     [B, N, H, D], the open-loop rollout of frames t_enc+1..t_enc+H from frame
     t_enc (H = the test horizon), decoded through the hard-sampled graph.
     """
-    data = run.splits[split]
-    x, labels = data.features[:n_examples], data.labels[:n_examples]
+    n_examples = min(n_examples, run.sizes[split])
+    first = jax.jit(lambda a: a[:n_examples], out_shardings=data_lib.replicated(run.mesh))
+    x, labels = first(run.splits[split].features), first(run.splits[split].labels)
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     t_enc = run.n_encoder_frames
     logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)

@@ -26,7 +26,7 @@ import optax
 from nri_jax import data as data_lib
 from nri_jax import losses, metrics, sampling
 from nri_jax.configs import Config, TrainConfig
-from nri_jax.model import NRI, ModelConfig
+from nri_jax.model import NRI
 
 Metrics = dict[str, jax.Array]
 
@@ -93,6 +93,13 @@ def _edge_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
     return {"confusion": jnp.einsum("b,bij->ij", weights, confusion)}
 
 
+def _jit(step: Callable, mesh) -> Callable:
+    """Jits a step; on a mesh, its outputs (state, metric sums) come back replicated."""
+    if mesh is None:
+        return jax.jit(step)
+    return jax.jit(step, out_shardings=data_lib.replicated(mesh))
+
+
 def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config,
                     mesh=None) -> Callable:
     """Builds the jitted `train_step(state, split, indices, key) -> (state, metrics)`.
@@ -111,7 +118,6 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
         loss = jnp.mean(nll + kl)
         return loss, (updates["batch_stats"], output, nll, kl)
 
-    @jax.jit
     def train_step(state: TrainState, split: data_lib.Split, indices, key):
         batch = data_lib.gather(split, indices, mesh)
         grads, (batch_stats, output, nll, kl) = jax.grad(loss_fn, has_aux=True)(
@@ -134,7 +140,7 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
         }
         return new_state, sums
 
-    return train_step
+    return _jit(train_step, mesh)
 
 
 def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
@@ -144,7 +150,6 @@ def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
     weight 0 (padding) do not count.
     """
 
-    @jax.jit
     def eval_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
         output = model.apply({"params": state.params, "batch_stats": state.batch_stats},
@@ -162,7 +167,7 @@ def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
             **_edge_metrics(output.logits, batch.labels, weights, config.model.n_edge_types),
         }
 
-    return eval_step
+    return _jit(eval_step, mesh)
 
 
 def test_horizon(config: Config, n_frames: int, n_encoder_frames: int) -> int:
@@ -203,7 +208,6 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
     variables = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
     t_enc = n_encoder_frames
 
-    @jax.jit
     def test_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
         x = batch.features
@@ -225,7 +229,7 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
             **_edge_metrics(logits, batch.labels, weights, config.model.n_edge_types),
         }
 
-    return test_step
+    return _jit(test_step, mesh)
 
 
 def accumulate(total: Metrics | None, sums: Metrics) -> Metrics:
