@@ -72,8 +72,9 @@ def load_data(cfg: DataConfig, stats=None) -> tuple[Any, pathlib.Path]:
     (and reused by later runs with the same settings).
 
     Returns:
-      (dataset, path); the dataset is normalised with `stats` when given
-      (another run's training statistics), else with its own training split's.
+      (dataset, path): the dataset opened lazily (`datasets.open_dataset`: rows
+      are read when sliced), normalised with `stats` when given (another run's
+      training statistics), else with its own training split's.
     """
     path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
     if cfg.data_dir is None or not path.exists():
@@ -83,7 +84,8 @@ def load_data(cfg: DataConfig, stats=None) -> tuple[Any, pathlib.Path]:
                                     n_test=cfg.n_test, seed=cfg.data_seed,
                                     progress=_progress_bar)
         _sync("nri_jax:data")
-    dataset = datasets.load_dataset(path, stats=stats)
+    # Lazily: each process reads only the rows its devices hold (Run.__init__).
+    dataset = datasets.open_dataset(path, stats=stats)
     if dataset.n_objects != cfg.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
                          f"asks for n_objects={cfg.n_objects}")
@@ -394,7 +396,7 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     run_dir = pathlib.Path(run_dir)
     config, data_info = read_run(run_dir)
     path = pathlib.Path(data_dir or data_info["path"])
-    dataset = datasets.load_dataset(path, stats=datasets.stats_from_dict(data_info["stats"]))
+    dataset = datasets.open_dataset(path, stats=datasets.stats_from_dict(data_info["stats"]))
     if dataset.n_objects != config.data.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects; the run in "
                          f"{run_dir} was trained on n_objects={config.data.n_objects}")

@@ -334,7 +334,8 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def read_dataset(path: str | os.PathLike, *, format: str | None = None,
-                 system: str | None = None, suffix: str | None = None) -> RawDataset:
+                 system: str | None = None, suffix: str | None = None,
+                 mmap: bool = False) -> RawDataset:
     """Reads a dataset directory in either layout into the simulators' layout.
 
     Args:
@@ -342,6 +343,7 @@ def read_dataset(path: str | os.PathLike, *, format: str | None = None,
       format: "native" or "reference"; None detects it (`detect_format`).
       system: the system of a reference directory whose suffix does not name it.
       suffix: the file suffix of a reference directory holding several datasets.
+      mmap: map the files read-only instead of reading them (only headers are read here).
 
     Returns:
       The raw arrays, checked for completeness and consistent shapes.
@@ -349,11 +351,11 @@ def read_dataset(path: str | os.PathLike, *, format: str | None = None,
     format = detect_format(path) if format is None else format
     check_format(format)
     if format == "native":
-        return read_native(path)
-    return read_reference(path, system=system, suffix=suffix)
+        return read_native(path, mmap=mmap)
+    return read_reference(path, system=system, suffix=suffix, mmap=mmap)
 
 
-def read_native(path: str | os.PathLike) -> RawDataset:
+def read_native(path: str | os.PathLike, *, mmap: bool = False) -> RawDataset:
     """Reads a native directory; every file must match the shape and dtype in metadata.json."""
     path = Path(path)
     metadata = read_metadata(path)
@@ -363,7 +365,7 @@ def read_native(path: str | os.PathLike) -> RawDataset:
     for split in SPLITS:
         files = metadata["splits"][split].get("files", {})
         splits[split] = {name: _read_array(path / entry["file"], shape=entry["shape"],
-                                           dtype=entry["dtype"])
+                                           dtype=entry["dtype"], mmap=mmap)
                          for name, entry in files.items()}
     n_objects = _checked(path, splits)
     if n_objects != metadata["n_objects"]:
@@ -373,21 +375,23 @@ def read_native(path: str | os.PathLike) -> RawDataset:
 
 
 def read_reference(path: str | os.PathLike, *, system: str | None = None,
-                   suffix: str | None = None) -> RawDataset:
+                   suffix: str | None = None, mmap: bool = False) -> RawDataset:
     """Reads the original code's files (``loc_train_springs5.npy``, ...).
 
     Args:
       path: the directory.
       system: needed when neither the suffix nor a metadata.json names the system.
       suffix: needed when the directory holds files with several suffixes.
+      mmap: map the files read-only instead of reading them.
     """
     path = Path(path)
     metadata = read_metadata(path) if (path / METADATA_FILE).exists() else {}
     suffix = _choose_suffix(path, suffix, metadata.get("suffix"))
     kind = "feat" if (path / f"feat_train{suffix}.npy").exists() else "loc"
     names = ("feat", "edges") if kind == "feat" else ("loc", "vel", "edges")
-    splits = {split: {name: _from_reference(name, _read_array(path / f"{name}_{split}{suffix}.npy"))
-                      for name in names} for split in SPLITS}
+    splits = {split: {name: _from_reference(
+        name, _read_array(path / f"{name}_{split}{suffix}.npy", mmap=mmap))
+        for name in names} for split in SPLITS}
     n_objects = _checked(path, splits)
     system = _reference_system(path, suffix, kind, n_objects, system or metadata.get("system"))
     return RawDataset(system, n_objects, splits, metadata, "reference")

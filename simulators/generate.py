@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=_at_least(1), default=datasets.DEFAULT_CHUNK_SIZE,
                         help="trajectories simulated per call; does not change the data "
                              "(default: %(default)s)")
+    parser.add_argument("--n-devices", type=_at_least(1), default=None,
+                        help="local devices that share each chunk; does not change the data "
+                             "(default: all of jax.local_devices())")
     parser.add_argument("--format", choices=formats.FORMATS, default="native",
                         help="native: one .npy per split and array + metadata.json; "
                              "reference: the original NRI code's files (default: %(default)s)")
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = datasets.build_dataset(args.out, format=args.format, chunk_size=args.chunk_size,
                                       overwrite=args.overwrite, progress=_progress_bar,
-                                      **settings)
+                                      n_devices=args.n_devices, **settings)
     except (FileExistsError, ValueError) as error:
         # Existing directories and physics settings the simulator rejects (e.g. a negative dt).
         parser.error(str(error))

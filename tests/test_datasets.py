@@ -182,3 +182,79 @@ def test_describe_is_json_friendly(tmp_path):
     assert summary["n_sims"] == {split: size[0] for split, size in SIZES.items()}
     assert summary["n_frames"] == {split: size[1] for split, size in SIZES.items()}
     assert datasets.stats_from_dict(summary["stats"]) == dataset.stats
+
+
+def random_kuramoto(seed=5, n=3):
+    rng = np.random.default_rng(seed)
+    return {split: {"feat": rng.uniform(-1, 1, (s, n, t, 4)).astype(np.float32),
+                    "edges": (rng.integers(0, 2, (s, n, n)) * (1 - np.eye(n, dtype=int)))}
+            for split, (s, t) in SIZES.items()}
+
+
+ROWS = [slice(0, 2), slice(1, 4), slice(-2, None), slice(3, 3), slice(None, None, 2),
+        slice(None), [2, 0, 2], np.array([-1, 1]), [], -1, 0]
+
+
+@pytest.mark.parametrize("format", formats.FORMATS)
+@pytest.mark.parametrize("system", ["springs", "kuramoto"])
+def test_lazy_rows_equal_loaded_rows(tmp_path, monkeypatch, system, format):
+    monkeypatch.setattr(datasets, "_BLOCK", 2)  # streams the statistics in several blocks
+    splits = random_springs() if system == "springs" else random_kuramoto()
+    path = write(tmp_path, splits, system=system, format=format)
+    lazy, loaded = datasets.open_dataset(path), datasets.load_dataset(path)
+    assert lazy.stats == loaded.stats and lazy[3:] == loaded[3:]
+    if system == "springs":
+        loc, vel = splits["train"]["loc"], splits["train"]["vel"]
+        assert lazy.stats == (loc.min(), loc.max(), vel.min(), vel.max())
+    for split in formats.SPLITS:
+        for field in ("features", "labels"):
+            rows = getattr(getattr(lazy, split), field)
+            array = getattr(getattr(loaded, split), field)
+            assert (rows.shape, rows.dtype, rows.ndim, len(rows)) == \
+                (array.shape, array.dtype, array.ndim, len(array))
+            for index in ROWS:
+                got = rows[index]
+                assert type(got) is np.ndarray and got.dtype == array.dtype
+                np.testing.assert_array_equal(got, array[index], strict=True)
+            np.testing.assert_array_equal(np.asarray(rows), array, strict=True)
+    with pytest.raises(IndexError, match="rows"):
+        lazy.train.features[np.array([0.5])]
+
+
+def test_lazy_rows_check_only_what_they_read(tmp_path):
+    splits = random_springs()
+    splits["valid"]["loc"][1, 2, 0, 1] = np.nan
+    dataset = datasets.open_dataset(write(tmp_path, splits))
+    assert np.all(np.isfinite(dataset.valid.features[2:]))
+    for rows in (slice(0, 3), np.array([3, 1])):
+        with pytest.raises(formats.DatasetError, match="valid split .* trajectory 1"):
+            dataset.valid.features[rows]
+
+
+def test_reading_rows_reads_only_those_rows(tmp_path, monkeypatch):
+    """Traced allocations: reading 4 rows, or streaming the statistics, allocates a small part
+    of what reading the file does."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    splits = random_springs()
+    big = {"loc": rng.normal(size=(3000, 10, 4, 2)), "vel": rng.normal(size=(3000, 10, 4, 2)),
+           "edges": np.zeros((3000, 4, 4), np.int32)}
+    splits["train"] = {name: array.astype(splits["train"][name].dtype)
+                       for name, array in big.items()}
+    path = write(tmp_path, splits, format="reference")
+    file_bytes = (path / "loc_train_springs4.npy").stat().st_size
+
+    def peak(read):
+        tracemalloc.start()
+        try:
+            read()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    monkeypatch.setattr(datasets, "_BLOCK", 100)
+    assert peak(lambda: datasets.open_dataset(path)) < file_bytes / 4
+    dataset = datasets.open_dataset(path, stats=datasets.NormStats(-5.0, 5.0, -1.0, 1.0))
+    assert peak(lambda: np.load(path / "loc_train_springs4.npy")) > file_bytes  # sees a read
+    assert peak(lambda: dataset.train.features[1500:1504]) < file_bytes / 50
+    assert peak(lambda: dataset.train.labels[[7, 2999]]) < file_bytes / 50

@@ -4,8 +4,10 @@ Every run uses the same tiny settings so that each system compiles only a couple
 """
 
 import hashlib
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -62,6 +64,59 @@ def test_result_does_not_depend_on_chunk_size(system):
     for name in small:
         assert small[name].shape[0] == TINY["n_valid"]
         np.testing.assert_array_equal(small[name], large[name])
+
+
+# Runs in a fresh process: the number of host devices is fixed when JAX starts.
+SHARDED_SCRIPT = textwrap.dedent("""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from simulators import datasets
+
+    assert len(jax.local_devices()) == 4
+    key = datasets.split_key(jax.random.key(7), "valid")
+    settings = dict(n_objects=3, n_frames=3, sample_every=5)
+    # 37 trajectories in chunks of 8 (1 device) or 8 = 4 x 2 (4 devices): the last chunk is padded.
+    one, four = (datasets.generate_split(key, "springs", n_sims=37, chunk_size=8, n_devices=n,
+                                         **settings) for n in (1, 4))
+    for name in one:
+        assert one[name].shape[0] == 37
+        np.testing.assert_array_equal(one[name], four[name])
+    # Trajectory i is fold_in(key, i) alone (the padded last chunk included), and the compiled
+    # simulator (already compiled for chunks of 8) really splits its work over the 4 devices.
+    last = jnp.stack([jax.random.fold_in(key, i) for i in range(29, 37)])
+    sharded = datasets.simulate_sharded(last, "springs", n_devices=4, **settings)
+    for name, array in sharded.items():
+        assert len(array.sharding.device_set) == 4, array.sharding
+        assert [shard.data.shape[0] for shard in array.addressable_shards] == [2] * 4
+        np.testing.assert_array_equal(array, one[name][29:])
+    for bad in (0, 5, 2.0):
+        try:
+            datasets.generate_split(key, "springs", n_sims=4, n_devices=bad, **settings)
+        except ValueError as error:
+            assert "n_devices" in str(error) and f"{bad!r}" in str(error) and "4" in str(error)
+        else:
+            raise AssertionError(f"n_devices={bad!r} was accepted")
+    print("sharded generation ok")
+""")
+
+
+def test_generation_shards_over_devices_and_gives_the_same_data():
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO,
+                            env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded generation ok" in result.stdout
+
+
+def test_device_count_is_checked(tmp_path):
+    assert datasets.device_count() == len(jax.local_devices())
+    with pytest.raises(ValueError, match=f"n_devices .* 1 to {len(jax.local_devices())}"):
+        build(tmp_path / "x", n_devices=len(jax.local_devices()) + 1)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="n_devices"):
+        datasets.ensure_dataset(tmp_path / "x", system="springs", n_devices=0, **TINY)
 
 
 @pytest.mark.parametrize("system", ["charged", "kuramoto"])
@@ -170,7 +225,8 @@ def test_command_line_writes_the_same_dataset(tmp_path, springs_dir, capsys):
     (["--system", "magnets"], "magnets"), (["--n-train", "0"], "--n-train"),
     (["--n-objects", "1"], "--n-objects"), (["--sample-every", "0"], "--sample-every"),
     (["--system", "kuramoto", "--box-size", "3"], "--box-size"),
-    (["--format", "csv"], "--format"), (["--dt", "-1"], "dt")])
+    (["--format", "csv"], "--format"), (["--dt", "-1"], "dt"),
+    (["--n-devices", "0"], "--n-devices"), (["--n-devices", "99"], "n_devices")])
 def test_command_line_rejects_bad_arguments(tmp_path, capsys, args, message):
     argv = ["--system", "springs", "--out", str(tmp_path / "x")] + TINY_ARGS + args
     with pytest.raises(SystemExit) as exit_info:
@@ -185,7 +241,7 @@ def test_module_runs_as_a_program(tmp_path):
         [sys.executable, "-m", "simulators.generate", "--help"], cwd=REPO,
         capture_output=True, text=True, check=True)
     for option in ("--n-frames-train", "--overwrite", "--format", "--spring-constants",
-                   "--box-size", "--dt", "--chunk-size"):
+                   "--box-size", "--dt", "--chunk-size", "--n-devices"):
         assert option in result.stdout
 
 
