@@ -24,10 +24,17 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="a run directory written by train.py")
     parser.add_argument("--data", default=None,
                         help="evaluate on this dataset (native or reference layout) instead")
-    parser.add_argument("--out", default=None, help="JSON report path (default: RUN_DIR/report.json)")
+    parser.add_argument("--out", default=None,
+                        help="JSON report path (default: RUN_DIR/report.json)")
     parser.add_argument("--plots", action="store_true",
                         help="write PNG figures into RUN_DIR/plots")
     args = parser.parse_args(argv)
+    # Checked before the run and the dataset are loaded, which takes a while.
+    if args.data is not None and not pathlib.Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: no such dataset directory")
+    if args.out is not None and not pathlib.Path(args.out).absolute().parent.is_dir():
+        parser.error(f"--out {args.out}: directory {pathlib.Path(args.out).parent} "
+                     "does not exist")
     try:
         report, run = experiment.evaluate_run(args.run_dir, data_dir=args.data, out=args.out)
         if args.plots:

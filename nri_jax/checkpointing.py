@@ -1,19 +1,29 @@
 """Checkpoints of the train state with orbax: the latest epochs and the best one.
 
-Orbax writes each checkpoint into a temporary directory and renames it into
-place when complete, so a run killed mid-write leaves the previous checkpoint
-intact. A checkpoint that still fails to restore (truncated or corrupted files)
-is reported by path and skipped in favour of the previous good one; nothing is
-deleted on the way.
+Orbax writes each checkpoint into a temporary directory
+(`<step>.orbax-checkpoint-tmp-<timestamp>`) and renames it into place when
+complete, so a run killed mid-write leaves the previous checkpoint intact (and
+a stale temporary directory, which orbax ignores). A checkpoint that fails to
+restore, because its files are truncated or corrupted, is reported by path and
+skipped in favour of the previous good one; it is left as it is until the run
+writes that step again.
+
+Orbax does not checksum array data (a flipped byte in a data file restores as a
+wrong number without any error), so each checkpoint's metadata carries a
+SHA-256 digest of the state and metadata, checked on restore.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pathlib
+import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -23,9 +33,17 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required."""
 
 
-def manager(directory: pathlib.Path, *, max_to_keep: int) -> ocp.CheckpointManager:
-    """A synchronous checkpoint manager keeping the newest `max_to_keep` steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+DIGEST_KEY = "sha256"
+
+
+def manager(directory: pathlib.Path, *, max_to_keep: int,
+            create: bool = True) -> ocp.CheckpointManager:
+    """A synchronous checkpoint manager keeping the newest `max_to_keep` steps.
+
+    With `create=False` a missing `directory` is not created (it then has no
+    steps): for readers, which must leave a run directory as they found it.
+    """
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
@@ -33,15 +51,36 @@ def manager(directory: pathlib.Path, *, max_to_keep: int) -> ocp.CheckpointManag
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Saves the state pytree and a JSON dict of run metadata as checkpoint `step`.
 
+    An existing checkpoint `step` is replaced: it was written by an earlier
+    attempt of the same (deterministic) run, killed before it moved past the
+    step, or it is damaged. Orbax refuses to overwrite a step by itself.
     In a multi-process run every process calls this; orbax writes once.
     """
+    if step in mngr.all_steps():
+        log.warning("replacing checkpoint %s written by an earlier attempt",
+                    pathlib.Path(mngr.directory) / str(step))
+        mngr.delete(step)
+    # The digest covers the metadata exactly as it reads back from JSON.
+    meta = json.loads(json.dumps(meta))
+    meta[DIGEST_KEY] = digest(state, meta)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()
 
 
+def digest(state: Any, meta: dict) -> str:
+    """SHA-256 of every leaf's dtype, shape and bytes (in tree order) and of `meta`."""
+    sha = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(state)):
+        array = np.ascontiguousarray(leaf)
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(array.tobytes())
+    sha.update(json.dumps(meta, sort_keys=True).encode())
+    return sha.hexdigest()
+
+
 def restore(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict, int] | None:
-    """Restores the newest checkpoint that reads back whole.
+    """Restores the newest checkpoint that reads back whole and matches its digest.
 
     Args:
       mngr: the manager of one checkpoint directory.
@@ -51,21 +90,56 @@ def restore(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict, int] | N
       (state, meta, step) of the newest good checkpoint, or None when there is none.
 
     Raises:
-      CheckpointError: when checkpoints exist but none can be read.
+      CheckpointError: when checkpoints exist but none can be read; it names each one.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    steps = sorted(mngr.all_steps(), reverse=True)
     failures = []
-    for step in steps:
+    for step in sorted(mngr.all_steps(), reverse=True):
+        path = pathlib.Path(mngr.directory) / str(step)
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except Exception as err:  # orbax raises many types for damaged files
-            path = pathlib.Path(mngr.directory) / str(step)
+            state, meta = _restore_step(mngr, step, abstract)
+        except Exception as err:  # orbax and tensorstore raise many types for damaged files
+            _drop_closed_loop_reports()
             failures.append(f"{path}: {type(err).__name__}: {err}")
-            log.warning("checkpoint %s cannot be read (%s); trying an older one", path, err)
+            log.warning("checkpoint %s cannot be read (%s: %s); trying an older one",
+                        path, type(err).__name__, err)
             continue
-        return restored["state"], dict(restored["meta"]), step
+        return state, meta, step
     if failures:
-        raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(failures))
+        raise CheckpointError(f"no readable checkpoint in {mngr.directory}:\n  "
+                              + "\n  ".join(failures))
     return None
+
+
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract: Any) -> tuple[Any, dict]:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    state, meta = restored["state"], dict(restored["meta"])
+    expected = meta.pop(DIGEST_KEY, None)
+    # Checkpoints written before digests were recorded are accepted as they read.
+    if expected is not None and digest(state, meta) != expected:
+        raise CheckpointError("the restored state does not match the SHA-256 digest recorded "
+                              "when it was saved (corrupted data files)")
+    return state, meta
+
+
+def _drop_closed_loop_reports() -> None:
+    """Silences the "Event loop is closed" reports that follow a failed restore.
+
+    When one read of a damaged checkpoint fails, orbax closes its event loop while
+    tensorstore completes the other reads; each of their callbacks then finds the
+    loop closed and Python prints it as an unraisable exception: dozens of
+    tracebacks that bury the warning naming the damaged checkpoint. Other
+    unraisable exceptions still reach the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook

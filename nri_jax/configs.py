@@ -10,6 +10,7 @@ the three parts so that every field is also a flag of the same name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Callable
 
@@ -51,6 +52,7 @@ class DataConfig:
         _check(self.n_objects >= 2, "n_objects", self.n_objects, ">= 2")
         for name in ("n_train", "n_valid", "n_test"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "positive")
+        _check(self.data_seed >= 0, "data_seed", self.data_seed, ">= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +94,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lr_decay_every", "prediction_steps",
                      "eval_batch_size"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "positive")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
+        _check(0 < self.learning_rate < math.inf, "learning_rate", self.learning_rate,
+               "positive and finite")
         _check(0 < self.lr_decay_factor <= 1, "lr_decay_factor", self.lr_decay_factor,
                "in (0, 1]")
-        _check(self.variance > 0, "variance", self.variance, "positive")
+        _check(0 < self.variance < math.inf, "variance", self.variance, "positive and finite")
         _check(self.burn_in_steps is None or self.burn_in_steps > 0, "burn_in_steps",
                self.burn_in_steps, "positive or None")
         _check(self.prior in PRIORS, "prior", self.prior, f"one of {PRIORS}")

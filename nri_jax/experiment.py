@@ -13,6 +13,7 @@ bars; everything it drives is pure. A run directory holds:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -29,7 +30,7 @@ from nri_jax import checkpointing, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI
-from simulators import datasets
+from simulators import datasets, formats
 
 CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -101,6 +102,15 @@ def _log_line(epoch: int, epochs: int, record: dict) -> str:
             f"{record['samples_per_s']:.0f} samples/s")
 
 
+def _check_steps(cfg, n_frames: int) -> None:
+    """Decoder settings must fit in the training trajectories' `n_frames` frames."""
+    for name in ("prediction_steps", "burn_in_steps"):
+        value = getattr(cfg, name)
+        if value is not None and value >= n_frames:
+            raise ValueError(f"{name}={value} must be smaller than the {n_frames} frames of "
+                             "the training trajectories")
+
+
 class Run:
     """The objects one run shares between its phases: mesh, data, model, state.
 
@@ -109,7 +119,10 @@ class Run:
     """
 
     def __init__(self, config: Config, dataset, workdir: pathlib.Path, n_encoder_frames: int,
-                 splits=("train", "valid", "test")):
+                 splits=("train", "valid", "test"), *, for_restore: bool = False):
+        """Places the data and builds the state; with `for_restore` the state is
+        only its shapes and shardings (filled by `restore`) and no checkpoint
+        directory is created."""
         self.config, self.workdir = config, workdir
         self.n_encoder_frames = n_encoder_frames
         self.mesh = data_lib.make_mesh(config.train.n_devices)
@@ -119,6 +132,7 @@ class Run:
         if "train" in splits:
             data_lib.check_batch_size(tc.batch_size, self.sizes["train"], self.mesh,
                                       "batch_size")
+            _check_steps(tc, getattr(dataset, "train").features.shape[2])
             self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
             self.steps_per_epoch = 1
@@ -129,13 +143,21 @@ class Run:
         self.tx = training.make_optimizer(tc, self.steps_per_epoch)
         self.key = jax.random.key(tc.seed)
         example = np.asarray(getattr(dataset, splits[0]).features[:1])[:, :, :n_encoder_frames]
-        state = training.init_state(jax.random.fold_in(self.key, 0), self.model, self.tx,
-                                    example)
-        # Every process computes the same initial state; this makes it one global array.
-        self.state = jax.jit(lambda s: s, out_shardings=data_lib.replicated(self.mesh))(state)
+        init = functools.partial(training.init_state, jax.random.fold_in(self.key, 0),
+                                 self.model, self.tx, example)
+        replicated = data_lib.replicated(self.mesh)
+        if for_restore:
+            self.state = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                jax.eval_shape(init))
+        else:
+            # Every process computes the same initial state; this makes it one global array.
+            self.state = jax.jit(lambda s: s, out_shardings=replicated)(init())
         ckpt_dir = workdir / "checkpoints"
-        self.latest = checkpointing.manager(ckpt_dir / "latest", max_to_keep=2)
-        self.best = checkpointing.manager(ckpt_dir / "best", max_to_keep=1)
+        self.latest = checkpointing.manager(ckpt_dir / "latest", max_to_keep=2,
+                                            create=not for_restore)
+        self.best = checkpointing.manager(ckpt_dir / "best", max_to_keep=1,
+                                          create=not for_restore)
         self.epoch = 0
 
     def restore(self, which: str) -> dict:
@@ -223,7 +245,8 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
         if saved != json.loads(json.dumps(config.to_dict())):
             raise RunDirError(f"--resume: the config differs from the one in {config_path}; "
                               "resume with the same settings or start a new --workdir")
-    elif workdir.exists() and any(workdir.iterdir()):
+    # A *.tmp file is what a run killed while writing its first file leaves behind.
+    elif workdir.exists() and any(not p.name.endswith(".tmp") for p in workdir.iterdir()):
         raise RunDirError(f"run directory {workdir} is not empty; pass --resume to continue "
                           "it or choose another --workdir")
 
@@ -232,10 +255,12 @@ def _preflight(config: Config) -> None:
     """Checks what can be checked before data generation: devices and batch sizes."""
     mesh = data_lib.make_mesh(config.train.n_devices)
     data_lib.check_batch_size(config.train.eval_batch_size, None, mesh, "eval_batch_size")
-    generated = config.data.data_dir is None or not pathlib.Path(config.data.data_dir).exists()
-    # An existing dataset's size is known only once it is opened (Run checks it then).
-    data_lib.check_batch_size(config.train.batch_size,
-                              config.data.n_train if generated else None, mesh, "batch_size")
+    path = config.data.data_dir and pathlib.Path(config.data.data_dir)
+    if path and path.exists():  # used as it is: its headers say how many examples it has
+        n_train = len(formats.read_dataset(path, mmap=True).splits["train"]["edges"])
+    else:
+        n_train = config.data.n_train
+    data_lib.check_batch_size(config.train.batch_size, n_train, mesh, "batch_size")
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
@@ -254,9 +279,10 @@ def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> l
 
 def _resume(run: Run) -> tuple[int, float]:
     """Restores the latest checkpoint; returns (first epoch to run, best validation NLL)."""
-    if not run.latest.all_steps():
-        return 0, float("inf")
-    meta = run.restore("latest")
+    if run.latest.all_steps():
+        meta = run.restore("latest")
+    else:  # killed before the first checkpoint: start again
+        meta = {"epoch": 0, "best_valid_nll": float("inf")}
     records = read_metrics(run.workdir, meta["epoch"])  # drops epochs after the checkpoint
     _write_text(run.workdir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
     return meta["epoch"], meta["best_valid_nll"]
@@ -307,11 +333,15 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     dataset, data_path = load_data(config.data)
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / CONFIG_FILE, config.to_dict())
     n_encoder_frames = dataset.train.features.shape[2]
-    _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
-                                      "n_encoder_frames": n_encoder_frames,
-                                      **datasets.describe(dataset)})
+    # A resumed run keeps its files (the config is checked equal); a run killed
+    # before writing them all gets the missing ones.
+    if not (workdir / CONFIG_FILE).exists():
+        _write_json(workdir / CONFIG_FILE, config.to_dict())
+    if not (workdir / DATA_FILE).exists():
+        _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
+                                          "n_encoder_frames": n_encoder_frames,
+                                          **datasets.describe(dataset)})
     run = Run(config, dataset, workdir, n_encoder_frames)
     start, best_nll = _resume(run) if resume else (0, float("inf"))
     if start:
@@ -404,7 +434,13 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     if n_features != data_info["n_features"]:
         raise ValueError(f"dataset {path} has {n_features} features per frame; the run in "
                          f"{run_dir} was trained on {data_info['n_features']}")
-    run = Run(config, dataset, run_dir, data_info["n_encoder_frames"], splits=splits)
+    if checkpoint not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+    directory = run_dir / "checkpoints" / checkpoint
+    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+        raise checkpointing.CheckpointError(f"no {checkpoint} checkpoint in {directory}")
+    run = Run(config, dataset, run_dir, data_info["n_encoder_frames"], splits=splits,
+              for_restore=True)
     run.restore(checkpoint)
     return run
 

@@ -11,11 +11,13 @@ lists the systems that have it.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import sys
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 from tqdm import tqdm
 
 from simulators import datasets, formats, systems
@@ -135,10 +137,22 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
                     physics=physics, **{f"n_{s}": getattr(args, f"n_{s}") for s in datasets.SPLITS},
                     **{f"n_frames_{s}": getattr(args, f"n_frames_{s}") for s in datasets.SPLITS})
     try:
-        datasets.dataset_settings(**settings)
+        _check_physics(datasets.dataset_settings(**settings))
     except ValueError as error:
         parser.error(str(error))
     return settings
+
+
+def _check_physics(settings: dict[str, Any]) -> None:
+    """Runs the simulator's checks of the physics values by tracing it: nothing is simulated.
+
+    Without this, a bad value (e.g. a negative dt) would surface only once generation starts.
+    """
+    simulate = functools.partial(
+        systems.get(settings["system"]).trajectories, n_objects=settings["n_objects"],
+        n_frames=max(settings["n_frames"].values()),
+        **datasets.physics_parameters(settings["system"], settings["physics"]))
+    jax.eval_shape(simulate, jax.random.split(jax.random.key(0), 1))
 
 
 def _progress_bar(split: str) -> Callable[[int, int], None]:
