@@ -132,7 +132,7 @@ class Run:
         if "train" in splits:
             data_lib.check_batch_size(tc.batch_size, self.sizes["train"], self.mesh,
                                       "batch_size")
-            _check_steps(tc, getattr(dataset, "train").features.shape[2])
+            _check_steps(tc, dataset.train.features.shape[2])
             self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
             self.steps_per_epoch = 1
