@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import types
 import typing
@@ -54,7 +55,8 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
         "and --workdir)")
     group.add_argument("--distributed", action="store_true",
                        help="join a multi-process run configured by the environment "
-                            "(SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS)")
+                            "(SLURM, Open MPI, TPU pod); implied when JAX_COORDINATOR_ADDRESS "
+                            "is set")
     group.add_argument("--coordinator-address", metavar="HOST:PORT",
                        help="address of process 0's coordinator service")
     group.add_argument("--num-processes", type=int, metavar="INT",
@@ -85,7 +87,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.resume and args.workdir is None:
         parser.error("--resume needs --workdir")
-    distributed = args.distributed or args.coordinator_address or args.num_processes is not None
+    # JAX_COORDINATOR_ADDRESS is jax.distributed's own variable: its presence asks for it too.
+    distributed = (args.distributed or args.coordinator_address or args.num_processes is not None
+                   or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if distributed and args.workdir is None:
         parser.error("a multi-process run needs --workdir (the same for every process)")
     try:

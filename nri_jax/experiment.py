@@ -30,7 +30,7 @@ from nri_jax import checkpointing, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI
-from simulators import datasets, formats
+from simulators import datasets, formats, systems
 
 CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -252,15 +252,19 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
 
 
 def _preflight(config: Config) -> None:
-    """Checks what can be checked before data generation: devices and batch sizes."""
+    """Checks before data generation: devices, batch sizes, decoder steps vs frames."""
     mesh = data_lib.make_mesh(config.train.n_devices)
     data_lib.check_batch_size(config.train.eval_batch_size, None, mesh, "eval_batch_size")
     path = config.data.data_dir and pathlib.Path(config.data.data_dir)
-    if path and path.exists():  # used as it is: its headers say how many examples it has
-        n_train = len(formats.read_dataset(path, mmap=True).splits["train"]["edges"])
+    if path and path.exists():  # used as it is: the file headers give its sizes
+        train = formats.read_dataset(path, mmap=True).splits["train"]
+        n_train = len(train["edges"])
+        n_frames = train["feat"].shape[2] if "feat" in train else train["loc"].shape[1]
     else:
         n_train = config.data.n_train
+        n_frames = systems.default_n_frames(config.data.system, "train")
     data_lib.check_batch_size(config.train.batch_size, n_train, mesh, "batch_size")
+    _check_steps(config.train, n_frames)
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
