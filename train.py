@@ -89,6 +89,7 @@ def main(argv=None) -> int:
         parser.error("--resume needs --workdir")
     # JAX_COORDINATOR_ADDRESS is jax.distributed's own variable: its presence asks for it too.
     distributed = (args.distributed or args.coordinator_address or args.num_processes is not None
+                   or args.process_id is not None
                    or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if distributed and args.workdir is None:
         parser.error("a multi-process run needs --workdir (the same for every process)")

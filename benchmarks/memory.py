@@ -24,7 +24,7 @@ preset's train state (119 arrays, 90 kB: parameters, BatchNorm statistics,
 Adam moments) kept per epoch is 9 MB per 100 epochs, one validation batch
 (16 x 5 x 49 x 4 floats, 63 kB) is 6 MB, one retained compiled executable is
 megabytes: all fail the check by a wide margin. A flat run sits far below it:
-with checkpoints written once (`--save-once`) RSS moved +0.01 MB over 195
+with checkpoints written once (`--save-once`) RSS moved +0.04 MB over 195
 epochs. Leaks under ~10 kB per epoch (a metrics dict, a log line) pass;
 retained jax arrays or recompilations are caught separately, since a growing
 live-array count or any compilation in the second half also fails.

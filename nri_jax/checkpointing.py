@@ -51,21 +51,34 @@ def manager(directory: pathlib.Path, *, max_to_keep: int,
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Saves the state pytree and a JSON dict of run metadata as checkpoint `step`.
 
-    An existing checkpoint `step` is replaced: it was written by an earlier
-    attempt of the same (deterministic) run, killed before it moved past the
-    step, or it is damaged. Orbax refuses to overwrite a step by itself.
-    In a multi-process run every process calls this; orbax writes once.
+    An existing checkpoint `step` was written by an earlier attempt of this run,
+    killed before it moved past the step: when it holds the same state (same
+    digest) it is kept as it is; otherwise (damaged, or a rerun on hardware
+    that is not bit-reproducible) it is replaced, as orbax will not overwrite
+    a step by itself. In a multi-process run every process calls this; orbax
+    writes once.
     """
-    if step in mngr.all_steps():
-        log.warning("replacing checkpoint %s written by an earlier attempt",
-                    pathlib.Path(mngr.directory) / str(step))
-        mngr.delete(step)
     # The digest covers the metadata exactly as it reads back from JSON.
     meta = json.loads(json.dumps(meta))
     meta[DIGEST_KEY] = digest(state, meta)
+    if step in mngr.all_steps():
+        if _saved_digest(mngr, step) == meta[DIGEST_KEY]:
+            return
+        log.warning("replacing checkpoint %s written by an earlier attempt",
+                    pathlib.Path(mngr.directory) / str(step))
+        mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()
+
+
+def _saved_digest(mngr: ocp.CheckpointManager, step: int) -> str | None:
+    """The digest recorded in checkpoint `step`'s metadata (None if unreadable)."""
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"].get(DIGEST_KEY)
+    except Exception:  # a damaged checkpoint is replaced, whatever orbax raises for it
+        return None
 
 
 def digest(state: Any, meta: dict) -> str:
@@ -112,6 +125,7 @@ def restore(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict, int] | N
 
 
 def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract: Any) -> tuple[Any, dict]:
+    """Checkpoint `step` as (state, meta), its digest checked and removed from meta."""
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], dict(restored["meta"])
@@ -130,7 +144,9 @@ def _drop_closed_loop_reports() -> None:
     tensorstore completes the other reads; each of their callbacks then finds the
     loop closed and Python prints it as an unraisable exception: dozens of
     tracebacks that bury the warning naming the damaged checkpoint. Other
-    unraisable exceptions still reach the previous hook.
+    unraisable exceptions still reach the previous hook. The reports arrive
+    after the restore has returned, so the hook stays installed for the process
+    (from the first failed restore on) rather than around the call.
     """
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_reports", False):

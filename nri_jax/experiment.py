@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pathlib
 import sys
@@ -26,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from nri_jax import checkpointing, training
+from nri_jax import checkpointing, configs, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI
@@ -64,33 +65,60 @@ def _progress_bar(desc: str) -> Callable[[int, int], None]:
     return update
 
 
-def load_data(cfg: DataConfig, stats=None) -> tuple[Any, pathlib.Path]:
-    """Loads the dataset `cfg` names, generating and caching it when missing.
+def load_data(cfg: DataConfig) -> tuple[Any, pathlib.Path]:
+    """Opens the dataset `cfg` names, generating and caching it when missing.
 
     An existing `cfg.data_dir` is used as it is (native or reference layout,
     whatever its sizes); a missing one, or the default cache path
     `data/<settings>` when `data_dir` is None, is generated from `cfg` first
-    (and reused by later runs with the same settings).
+    (and reused by later runs with the same settings). In a multi-process run
+    process 0 generates, into a directory every process must see.
 
     Returns:
       (dataset, path): the dataset opened lazily (`datasets.open_dataset`: rows
-      are read when sliced), normalised with `stats` when given (another run's
-      training statistics), else with its own training split's.
+      are read when sliced), normalised with its training split's statistics.
     """
     path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
-    if cfg.data_dir is None or not path.exists():
-        if is_main_process():  # the others wait, then read what it wrote
-            datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
-                                    n_train=cfg.n_train, n_valid=cfg.n_valid,
-                                    n_test=cfg.n_test, seed=cfg.data_seed,
-                                    progress=_progress_bar)
-        _sync("nri_jax:data")
-    # Lazily: each process reads only the rows its devices hold (Run.__init__).
-    dataset = datasets.open_dataset(path, stats=stats)
+    if is_main_process() and (cfg.data_dir is None or not path.exists()):
+        datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
+                                n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test,
+                                seed=cfg.data_seed, progress=_progress_bar)
+    _sync("nri_jax:data")  # the others wait, then read what process 0 wrote
+    error = None if path.exists() else FileNotFoundError(
+        f"dataset {path} not found on process {jax.process_index()}: a multi-process run "
+        "needs a --data-dir that every process sees")
+    _raise_on_every_process(error, "opening the dataset")
+    dataset = _open_shared(path)
     if dataset.n_objects != cfg.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
                          f"asks for n_objects={cfg.n_objects}")
     return dataset, path
+
+
+def _open_shared(path: pathlib.Path):
+    """`open_dataset`; with several processes only process 0 streams the training
+    split for the normalisation extremes and sends them to the others, so that
+    they read nothing but their own rows."""
+    if jax.process_count() == 1:
+        return datasets.open_dataset(path)
+    stats = datasets.open_dataset(path).stats if is_main_process() else None
+    # float64 travels as uint32 words: the values arrive bit for bit (NaN: none).
+    words = np.asarray(stats if stats is not None else [np.nan] * 4, np.float64).view(np.uint32)
+    values = np.asarray(multihost_utils.broadcast_one_to_all(words)).view(np.float64)
+    stats = None if np.isnan(values).any() else datasets.NormStats(*map(float, values))
+    return datasets.open_dataset(path, stats=stats)
+
+
+def _raise_on_every_process(error: Exception | None, what: str) -> None:
+    """Raises `error`; in a multi-process run every process raises when any one
+    failed, instead of the others waiting for it in the next collective."""
+    if jax.process_count() > 1:
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+        if error is None and failed.any():
+            error = RuntimeError(f"{what} failed on process(es) "
+                                 f"{np.flatnonzero(failed).tolist()}; see their output")
+    if error is not None:
+        raise error
 
 
 def _log_line(epoch: int, epochs: int, record: dict) -> str:
@@ -109,6 +137,20 @@ def _check_steps(cfg, n_frames: int) -> None:
         if value is not None and value >= n_frames:
             raise ValueError(f"{name}={value} must be smaller than the {n_frames} frames of "
                              "the training trajectories")
+
+
+def _place_splits(dataset, names, mesh) -> dict[str, data_lib.Split]:
+    """Puts the named splits on the mesh, reading and checking every row this
+    process holds; a bad row stops every process."""
+    try:
+        placed = {name: data_lib.put_split(getattr(dataset, name).features,
+                                           getattr(dataset, name).labels, mesh)
+                  for name in names}
+        error = None
+    except ValueError as err:
+        placed, error = None, err
+    _raise_on_every_process(error, "reading the data")
+    return placed
 
 
 class Run:
@@ -136,29 +178,30 @@ class Run:
             self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
             self.steps_per_epoch = 1
-        self.splits = {name: data_lib.put_split(getattr(dataset, name).features,
-                                                getattr(dataset, name).labels, self.mesh)
-                       for name in splits}
+        self.splits = _place_splits(dataset, splits, self.mesh)
         self.model = NRI(config.model)
         self.tx = training.make_optimizer(tc, self.steps_per_epoch)
         self.key = jax.random.key(tc.seed)
         example = np.asarray(getattr(dataset, splits[0]).features[:1])[:, :, :n_encoder_frames]
-        init = functools.partial(training.init_state, jax.random.fold_in(self.key, 0),
-                                 self.model, self.tx, example)
-        replicated = data_lib.replicated(self.mesh)
-        if for_restore:
-            self.state = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                jax.eval_shape(init))
-        else:
-            # Every process computes the same initial state; this makes it one global array.
-            self.state = jax.jit(lambda s: s, out_shardings=replicated)(init())
+        self.state = self._initial_state(example, abstract=for_restore)
         ckpt_dir = workdir / "checkpoints"
         self.latest = checkpointing.manager(ckpt_dir / "latest", max_to_keep=2,
                                             create=not for_restore)
         self.best = checkpointing.manager(ckpt_dir / "best", max_to_keep=1,
                                           create=not for_restore)
         self.epoch = 0
+
+    def _initial_state(self, example: np.ndarray, *, abstract: bool):
+        """The initial train state, replicated over the mesh (only shapes if `abstract`)."""
+        init = functools.partial(training.init_state, jax.random.fold_in(self.key, 0),
+                                 self.model, self.tx, example)
+        replicated = data_lib.replicated(self.mesh)
+        if abstract:
+            return jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                jax.eval_shape(init))
+        # Every process computes the same initial state; this makes it one global array.
+        return jax.jit(lambda s: s, out_shardings=replicated)(init())
 
     def restore(self, which: str) -> dict:
         """Loads the "best" or "latest" checkpoint into `state`; returns its metadata."""
@@ -194,7 +237,9 @@ def initialize_distributed(coordinator_address: str | None = None,
     """
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+    if process_id is not None and num_processes is None:
+        raise ValueError(f"process_id={process_id} needs num_processes")
+    if process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
     # CPU processes exchange gradients over TCP (gloo); GPU and TPU use their own links.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -335,9 +380,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     _preflight(config)
     _sync("nri_jax:checked")  # no process writes before every process has checked
     dataset, data_path = load_data(config.data)
+    n_encoder_frames = dataset.train.features.shape[2]
+    run = Run(config, dataset, workdir, n_encoder_frames)  # bad data fails here, before files
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
-    n_encoder_frames = dataset.train.features.shape[2]
     # A resumed run keeps its files (the config is checked equal); a run killed
     # before writing them all gets the missing ones.
     if not (workdir / CONFIG_FILE).exists():
@@ -346,10 +392,21 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
                                           "n_encoder_frames": n_encoder_frames,
                                           **datasets.describe(dataset)})
-    run = Run(config, dataset, workdir, n_encoder_frames)
     start, best_nll = _resume(run) if resume else (0, float("inf"))
     if start:
         log(f"resumed {workdir} after epoch {start}")
+    _train(run, start, best_nll, log)
+    try:
+        run.restore("best")
+    except checkpointing.CheckpointError as err:  # damaged since it was written
+        log(f"warning: {err}\nreporting the last epoch's parameters instead")
+        run.restore("latest")
+    return _test(run, log)
+
+
+def _train(run: Run, start: int, best_nll: float, log) -> None:
+    """Epochs `start`.. of training, each logged, validated and checkpointed."""
+    config = run.config
     train_step = training.make_train_step(run.model, run.tx, config, run.mesh)
     eval_step = training.make_eval_step(run.model, config, run.mesh)
     eval_key = jax.random.fold_in(run.key, 2)
@@ -361,15 +418,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         record = {"epoch": epoch, "train": train_metrics, "valid": valid_metrics,
                   "seconds": seconds,
                   "samples_per_s": run.steps_per_epoch * config.train.batch_size / seconds}
-        _append_metrics(workdir, record)
+        _append_metrics(run.workdir, record)
         log(_log_line(epoch, config.train.epochs, record))
         meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, valid_metrics["nll"])}
         if valid_metrics["nll"] < best_nll:
             best_nll = valid_metrics["nll"]
             checkpointing.save(run.best, epoch + 1, run.state, meta)
         checkpointing.save(run.latest, epoch + 1, run.state, meta)
-    run.restore("best")
-    return _test(run, log)
 
 
 def _test(run: Run, log, out=None) -> dict:
@@ -443,8 +498,10 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     directory = run_dir / "checkpoints" / checkpoint
     if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
         raise checkpointing.CheckpointError(f"no {checkpoint} checkpoint in {directory}")
-    run = Run(config, dataset, run_dir, data_info["n_encoder_frames"], splits=splits,
-              for_restore=True)
+    # Results do not depend on the device count: use as many here as divide the batch.
+    devices = math.gcd(config.train.eval_batch_size, jax.device_count())
+    run = Run(configs.override(config, n_devices=devices), dataset, run_dir,
+              data_info["n_encoder_frames"], splits=splits, for_restore=True)
     run.restore(checkpoint)
     return run
 

@@ -363,7 +363,8 @@ def open_dataset(path: str | os.PathLike, *, stats: NormStats | None = None,
         raise ValueError("Kuramoto features are not rescaled: stats must be None")
     n_types = systems.n_edge_types(raw.system, **raw.metadata.get("physics", {}))
     splits = {name: Split(_feature_rows(arrays, stats, where=f"{path}: {name} split"),
-                          _label_rows(arrays["edges"], raw.system, n_types))
+                          _label_rows(arrays["edges"], raw.system, n_types,
+                                      where=f"{path}: {name} split edges"))
               for name, arrays in raw.splits.items()}
     return Dataset(**splits, stats=stats, system=raw.system, n_objects=raw.n_objects,
                    n_edge_types=n_types, metadata=raw.metadata)
@@ -391,11 +392,14 @@ def _feature_rows(arrays: Mapping[str, np.ndarray], stats: NormStats | None, *,
     return Rows(read, shape=shape, dtype=np.float32)
 
 
-def _label_rows(edges: np.ndarray, system: str, n_edge_types: int) -> Rows:
+def _label_rows(edges: np.ndarray, system: str, n_edge_types: int, *, where: str) -> Rows:
     n_objects = edges.shape[-1]
 
     def read(rows):
-        return labels_from_edges(system, edges[rows], n_edge_types=n_edge_types)
+        try:
+            return labels_from_edges(system, edges[rows], n_edge_types=n_edge_types)
+        except ValueError as error:
+            raise formats.DatasetError(f"{where}: {error}") from error
     return Rows(read, shape=(len(edges), n_objects * (n_objects - 1)), dtype=np.int32)
 
 

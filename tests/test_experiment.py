@@ -1,6 +1,7 @@
 """End-to-end runs of the experiment shell on the tiny preset: train, resume, evaluate."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -132,3 +133,15 @@ def test_edge_accuracy_rises_well_above_chance(tmp_path):
         skip_first=True, data_dir=str(tmp_path / "data"))
     report = experiment.train_and_evaluate(config, tmp_path / "run", log=lambda _: None)
     assert report["edge_accuracy_best_permutation"] >= 0.7
+
+
+def test_a_run_trained_on_more_devices_evaluates_here(tiny, tmp_path):
+    """The report does not depend on the device count, so evaluation uses what is here."""
+    _, root, report = tiny
+    shutil.copytree(root / "run", tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["train"]["n_devices"] = len(jax.devices()) + 3  # more than this machine has
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    again, _ = experiment.evaluate_run(tmp_path / "run", out=tmp_path / "r.json",
+                                       log=lambda _: None)
+    assert again == report

@@ -182,14 +182,15 @@ def restore_checkpoints(run_dir) -> dict:
 
 
 def assert_same_run(run_dir: pathlib.Path, ref: Reference) -> None:
-    """Same report, same latest and best parameters (bitwise), same per-epoch metrics."""
+    """Same report, same latest and best train states (parameters, BatchNorm statistics,
+    optimiser state: bitwise), same per-epoch metrics."""
     report = json.loads((run_dir / "report.json").read_text())
     assert report == json.loads((ref.run / "report.json").read_text())
     got, want = restore_checkpoints(run_dir), ref.restored()
     for checkpoint in ("latest", "best"):
         (got_state, got_epoch), (want_state, want_epoch) = got[checkpoint], want[checkpoint]
         assert got_epoch == want_epoch, checkpoint
-        jax.tree.map(np.testing.assert_array_equal, got_state.params, want_state.params)
+        jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
     timing = ("seconds", "samples_per_s")
 
     def records(path):
@@ -377,3 +378,34 @@ def test_damaged_dataset_file_is_named_before_any_work(reference, tmp_path, dama
     assert not out.exists()
     assert_unchanged(before, snapshot(data), "dataset")
     assert_unchanged(run_before, snapshot(reference.run), "run directory")
+
+
+def _set_entry(path: pathlib.Path, value) -> None:
+    """Rewrites a .npy file with one entry of trajectory 1 changed (a valid file).
+
+    The entry is [1, 0, ..., 0, 1]: off the diagonal of an edge matrix, which
+    no label reads."""
+    array = np.load(path)
+    array[(1,) + (0,) * (array.ndim - 2) + (1,)] = value
+    np.save(path, array)
+
+
+CONTENT_DAMAGE = {  # valid files holding values no simulator writes
+    "NaN velocity in the validation split": ("valid_vel.npy", np.nan, "valid split"),
+    "edge type 7 in the test split": ("test_edges.npy", 7, "test split edges"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CONTENT_DAMAGE))
+def test_damaged_dataset_values_stop_training_before_any_file(reference, tmp_path, damage,
+                                                              capsys):
+    name, value, where = CONTENT_DAMAGE[damage]
+    data = tmp_path / "data"
+    shutil.copytree(reference.data, data)
+    _set_entry(data / name, value)
+    before = snapshot(data)
+    argv = ["--preset", "tiny", "--data-dir", str(data), "--workdir", str(tmp_path / "run")]
+    assert train.main(argv) == 1
+    assert f"{data}: {where}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # no run files: a fixed dataset can start afresh
+    assert_unchanged(before, snapshot(data), "dataset")
