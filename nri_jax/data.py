@@ -150,7 +150,8 @@ def gather(split: Split, indices: jax.Array, mesh: Mesh | None = None) -> Split:
     examples (zeros elsewhere) and a reduce-scatter sums the blocks and hands
     each device its B/n rows of the batch. That moves one batch over the
     interconnect instead of all-gathering the split; the sum is exact because
-    each row is non-zero on exactly one device.
+    each row comes from exactly one device and zeros from the others (only a
+    -0.0 comes out as +0.0).
 
     Args:
       split: [S, ...] arrays, S sharded over the mesh's `data` axis.
