@@ -79,15 +79,21 @@ def load_data(cfg: DataConfig) -> tuple[Any, pathlib.Path]:
       are read when sliced), normalised with its training split's statistics.
     """
     path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
+    error = None
     if is_main_process() and (cfg.data_dir is None or not path.exists()):
-        datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
-                                n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test,
-                                seed=cfg.data_seed, progress=_progress_bar)
+        try:
+            datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
+                                    n_train=cfg.n_train, n_valid=cfg.n_valid,
+                                    n_test=cfg.n_test, seed=cfg.data_seed,
+                                    progress=_progress_bar)
+        except (ValueError, OSError) as err:  # raised below, on every process
+            error = err
     _sync("nri_jax:data")  # the others wait, then read what process 0 wrote
-    error = None if path.exists() else FileNotFoundError(
-        f"dataset {path} not found on process {jax.process_index()}: a multi-process run "
-        "needs a --data-dir that every process sees")
-    _raise_on_every_process(error, "opening the dataset")
+    if error is None and not path.exists():
+        error = FileNotFoundError(f"dataset {path} not found on process "
+                                  f"{jax.process_index()}: a multi-process run needs a "
+                                  "--data-dir that every process sees")
+    _raise_on_every_process(error, "preparing the dataset")
     dataset = _open_shared(path)
     if dataset.n_objects != cfg.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
