@@ -105,14 +105,15 @@ def _open_shared(path: pathlib.Path):
     """`open_dataset`; with several processes only process 0 streams the training
     split for the normalisation extremes and sends them to the others, so that
     they read nothing but their own rows."""
+    opened = datasets.open_dataset(path) if is_main_process() else None
     if jax.process_count() == 1:
-        return datasets.open_dataset(path)
-    stats = datasets.open_dataset(path).stats if is_main_process() else None
+        return opened
+    stats = opened.stats if opened is not None else None
     # float64 travels as uint32 words: the values arrive bit for bit (NaN: none).
     words = np.asarray(stats if stats is not None else [np.nan] * 4, np.float64).view(np.uint32)
     values = np.asarray(multihost_utils.broadcast_one_to_all(words)).view(np.float64)
     stats = None if np.isnan(values).any() else datasets.NormStats(*map(float, values))
-    return datasets.open_dataset(path, stats=stats)
+    return opened if opened is not None else datasets.open_dataset(path, stats=stats)
 
 
 def _raise_on_every_process(error: Exception | None, what: str) -> None:
@@ -136,8 +137,14 @@ def _log_line(epoch: int, epochs: int, record: dict) -> str:
             f"{record['samples_per_s']:.0f} samples/s")
 
 
-def _check_steps(cfg, n_frames: int) -> None:
-    """Decoder settings must fit in the training trajectories' `n_frames` frames."""
+def _check_settings(cfg, mesh, n_train: int | None, n_frames: int | None) -> None:
+    """Batch sizes must divide over the mesh and fit the `n_train` training
+    examples; decoder settings must fit their `n_frames` frames (the last two
+    checks are skipped when there is no training split: None)."""
+    data_lib.check_batch_size(cfg.eval_batch_size, None, mesh, "eval_batch_size")
+    if n_train is None:
+        return
+    data_lib.check_batch_size(cfg.batch_size, n_train, mesh, "batch_size")
     for name in ("prediction_steps", "burn_in_steps"):
         value = getattr(cfg, name)
         if value is not None and value >= n_frames:
@@ -176,13 +183,11 @@ class Run:
         self.mesh = data_lib.make_mesh(config.train.n_devices)
         self.sizes = {name: len(getattr(dataset, name).features) for name in splits}
         tc = config.train
-        data_lib.check_batch_size(tc.eval_batch_size, None, self.mesh, "eval_batch_size")
         if "train" in splits:
-            data_lib.check_batch_size(tc.batch_size, self.sizes["train"], self.mesh,
-                                      "batch_size")
-            _check_steps(tc, dataset.train.features.shape[2])
+            _check_settings(tc, self.mesh, self.sizes["train"], dataset.train.features.shape[2])
             self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
+            _check_settings(tc, self.mesh, None, None)
             self.steps_per_epoch = 1
         self.splits = _place_splits(dataset, splits, self.mesh)
         self.model = NRI(config.model)
@@ -304,8 +309,6 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
 
 def _preflight(config: Config) -> None:
     """Checks before data generation: devices, batch sizes, decoder steps vs frames."""
-    mesh = data_lib.make_mesh(config.train.n_devices)
-    data_lib.check_batch_size(config.train.eval_batch_size, None, mesh, "eval_batch_size")
     path = config.data.data_dir and pathlib.Path(config.data.data_dir)
     if path and path.exists():  # used as it is: the file headers give its sizes
         train = formats.read_dataset(path, mmap=True).splits["train"]
@@ -314,8 +317,7 @@ def _preflight(config: Config) -> None:
     else:
         n_train = config.data.n_train
         n_frames = systems.default_n_frames(config.data.system, "train")
-    data_lib.check_batch_size(config.train.batch_size, n_train, mesh, "batch_size")
-    _check_steps(config.train, n_frames)
+    _check_settings(config.train, data_lib.make_mesh(config.train.n_devices), n_train, n_frames)
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
