@@ -1,10 +1,42 @@
-"""Strict JAX settings for the whole test suite."""
+"""Strict JAX settings for the whole test suite, and a header naming the hardware."""
+
+import os
+import pathlib
+import platform
 
 import jax
 import pytest
 
 # Silent broadcasting of mismatched ranks hides shape bugs: make it an error.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def _cpu_description() -> str:
+    """CPU model, family/model numbers and the instruction sets that pick XLA's kernels."""
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's entries
+    flags = set(fields.get("flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family')}"
+            f" model {fields.get('model')}; {' '.join(isa) or 'no avx2'})")
+
+
+def pytest_sessionstart(session):
+    """Prints one line that ties a failure to the hardware (shown under -q too):
+    tolerances and exact-equality checks depend on the kernels XLA picks."""
+    devices = jax.devices()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    line = (f"hardware: CPU {_cpu_description()}, {usable} of {os.cpu_count()} cores usable; "
+            f"JAX {jax.__version__} on {jax.default_backend()} with {len(devices)} device(s) "
+            f"({devices[0].device_kind})")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
 
 
 @pytest.fixture
