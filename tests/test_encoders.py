@@ -119,3 +119,135 @@ def test_bfloat16_keeps_the_parameters(module):
     with pytest.raises(ValueError, match="compute_dtype"):
         encoders.MLPEncoder(8, 2, compute_dtype="half").init(
             jax.random.key(0), jnp.zeros((1, 3, 4, 2)), train=False)
+
+
+# Float64 NumPy references, written step by step from the reference NRI (not from the
+# modules). The modules run under x64 with float64 inputs AND float64 variables (batch_stats
+# included), so both sides compute every operation in float64 and differ only in summation
+# order: rtol 1e-10 has orders of magnitude of room over that rounding and still catches
+# any wrong index, concatenation order or reduction.
+
+def _elu(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _edge_list(n):
+    """(receiver, sender) per edge: the row-major off-diagonal of [N, N], receiver = row."""
+    return [(i, j) for i in range(n) for j in range(n) if j != i]
+
+
+def _node_to_edge(nodes):
+    """[B, N, ..., F] -> [B, E, ..., 2F]: concat[sender, receiver] features per edge."""
+    return np.stack([np.concatenate([nodes[:, s], nodes[:, r]], -1)
+                     for r, s in _edge_list(nodes.shape[1])], axis=1)
+
+
+def _edge_to_node(edges, n):
+    """[B, E, F] -> [B, N, F]: the sum of INCOMING edges divided by the number of objects."""
+    nodes = np.zeros((edges.shape[0], n, edges.shape[-1]))
+    for e, (r, _) in enumerate(_edge_list(n)):  # explicit loop over edges, not a segment op
+        nodes[:, r] += edges[:, e]
+    return nodes / n
+
+
+def _batch_norm(p, stats, x, train):
+    """Train: statistics over all rows (every axis but the last), biased variance."""
+    if train:
+        rows = x.reshape(-1, x.shape[-1])
+        mean = rows.mean(0)
+        var = ((rows - mean) ** 2).mean(0)
+    else:
+        mean, var = stats["mean"], stats["var"]
+    return (x - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def _dense(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _mlp(p, stats, x, train):
+    x = _elu(_dense(p["fc2"], _elu(_dense(p["fc1"], x))))
+    return _batch_norm(p["batch_norm"], stats["batch_norm"], x, train)
+
+
+def _edge_head_reference(p, stats, skip, n, factor, train):
+    if factor:
+        x = _node_to_edge(_mlp(p["node_mlp"], stats["node_mlp"], _edge_to_node(skip, n), train))
+    else:
+        x = _mlp(p["edge_mlp"], stats["edge_mlp"], skip, train)
+    x = _mlp(p["edge_skip_mlp"], stats["edge_skip_mlp"], np.concatenate([x, skip], -1), train)
+    return _dense(p["logits"], x)
+
+
+def _mlp_encoder_reference(variables, x, factor, train):
+    p, s = variables["params"], variables["batch_stats"]
+    b, n, t, d = x.shape
+    nodes = _mlp(p["node_mlp"], s["node_mlp"], x.reshape(b, n, t * d), train)
+    skip = _mlp(p["edge_mlp"], s["edge_mlp"], _node_to_edge(nodes), train)
+    return _edge_head_reference(p["head"], s["head"], skip, n, factor, train)
+
+
+def _conv(p, x):
+    """VALID cross-correlation over time [..., T, C] -> [..., T-k+1, F], one tap at a time."""
+    k = p["kernel"].shape[0]
+    steps = x.shape[-2] - k + 1
+    return p["bias"] + sum(x[..., j:j + steps, :] @ p["kernel"][j] for j in range(k))
+
+
+def _temporal_cnn_reference(p, s, x, train):
+    x = _batch_norm(p["bn1"], s["bn1"], np.maximum(_conv(p["conv1"], x), 0), train)
+    pooled = x.shape[-2] // 2  # an odd last frame is dropped
+    x = np.maximum(x[..., 0:2 * pooled:2, :], x[..., 1:2 * pooled:2, :])
+    x = _batch_norm(p["bn2"], s["bn2"], np.maximum(_conv(p["conv2"], x), 0), train)
+    scores = _conv(p["attention"], x)  # [..., T', 1]
+    attention = np.exp(scores - scores.max(-2, keepdims=True))
+    attention = attention / attention.sum(-2, keepdims=True)  # softmax over time
+    return (_conv(p["predict"], x) * attention).mean(-2)
+
+
+def _cnn_encoder_reference(variables, x, factor, train):
+    p, s = variables["params"], variables["batch_stats"]
+    pairs = _node_to_edge(x)  # [B, E, T, 2D]: the sender's D channels, then the receiver's
+    features = _temporal_cnn_reference(p["cnn"], s["cnn"], pairs, train)
+    skip = _mlp(p["edge_mlp"], s["edge_mlp"], features, train)
+    return _edge_head_reference(p["head"], s["head"], skip, x.shape[1], factor, train)
+
+
+def _float64_variables(module, x):
+    """Random variables, all float64; running statistics away from (0, 1) so eval uses them."""
+    rng = np.random.default_rng(7)
+
+    def cast(path, leaf):
+        name = path[-1].key
+        if name == "mean":
+            return rng.normal(scale=0.3, size=leaf.shape)
+        if name == "var":
+            return rng.uniform(0.5, 2.0, size=leaf.shape)
+        return np.asarray(leaf, np.float64)
+
+    return jax.tree_util.tree_map_with_path(cast, _numpy_variables(module, x, train=False))
+
+
+def _check_against_reference(module, shape, reference, train):
+    x = np.random.default_rng(2).normal(size=shape)
+    variables = _float64_variables(module, x)
+    run = jax.jit(lambda v, x: module.apply(v, x, train=train, mutable=["batch_stats"])[0])
+    logits = run(variables, x)
+    assert logits.dtype == np.float64
+    expected = reference(variables, x, module.factor, train)
+    np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("factor, shape, k", [(True, (3, 4, 5, 2), 3), (False, (2, 3, 4, 3), 2)],
+                         ids=["factor", "no_factor"])
+def test_mlp_encoder_matches_float64_reference(x64, factor, shape, k, train):
+    _check_against_reference(encoders.MLPEncoder(6, k, factor=factor), shape,
+                             _mlp_encoder_reference, train)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_cnn_encoder_matches_float64_reference(x64, train):
+    # T = 19: conv -> 15 frames, pool -> 7 (an odd length, floored), conv -> 3 for the softmax.
+    _check_against_reference(encoders.CNNEncoder(6, 2, factor=True), (2, 3, 19, 2),
+                             _cnn_encoder_reference, train)

@@ -97,6 +97,59 @@ def test_evaluate_cli_on_reference_layout_matches_native(tiny, tmp_path):
     assert json.loads((tmp_path / "ref.json").read_text()) == native
 
 
+def test_another_dataset_is_normalised_with_the_runs_statistics(tiny, tmp_path):
+    """`--data` with a different training split: the test split is normalised with
+    the run's training extremes, so an unchanged test split gives the same report."""
+    _, root, report = tiny
+    raw = formats.read_dataset(root / "data")
+    splits = {name: dict(arrays) for name, arrays in raw.splits.items()}
+    splits["train"]["loc"] = 3.0 * splits["train"]["loc"]  # other extremes
+    splits["train"]["vel"] = 0.5 * splits["train"]["vel"]
+    formats.write_dataset(tmp_path / "other", splits, raw.metadata, format="reference")
+    run = experiment.load_run(root / "run", data_dir=tmp_path / "other")
+    # Independent NumPy float64: extremes of the run's own training split, [S, T, N, 2] -> [S, N, T, 4].
+    train, test = raw.splits["train"], raw.splits["test"]
+    scaled = [2 * (test[q] - train[q].min()) / (train[q].max() - train[q].min()) - 1
+              for q in ("loc", "vel")]
+    expected = np.concatenate(scaled, axis=-1).transpose(0, 2, 1, 3)
+    # float32 storage of values in about [-1, 1]: a few float32 ulps.
+    np.testing.assert_allclose(np.asarray(run.splits["test"].features), expected,
+                               rtol=0, atol=1e-6)
+    again, _ = experiment.evaluate_run(root / "run", data_dir=tmp_path / "other",
+                                       out=tmp_path / "r.json", log=lambda _: None)
+    assert again == report
+
+
+def test_every_epoch_shuffles_with_its_own_key(tiny):
+    """The epoch loop hands `shuffled_batches` and the steps a fresh key per epoch,
+    and the same epoch of a resumed run the same key (one permutation per epoch)."""
+    config, root, _ = tiny
+    run = experiment.load_run(root / "run", splits=("train",))
+    seen = []
+
+    def recording_step(state, split, indices, key):
+        seen.append((np.asarray(indices), np.asarray(jax.random.key_data(key))))
+        sums = {"count": np.float32(len(indices)), "nonfinite_steps": np.int32(0),
+                "first_nonfinite_step": np.int32(2 ** 31 - 1),
+                "confusion": np.eye(2, dtype=np.float32)}
+        return state, sums
+
+    def epoch_record(epoch):
+        seen.clear()
+        experiment._train_epoch(run, recording_step, epoch)
+        return (np.concatenate([i for i, _ in seen]), np.stack([k for _, k in seen]))
+
+    (order_0, keys_0), (order_1, keys_1), (again, keys_again) = map(epoch_record, (0, 1, 0))
+    n = run.steps_per_epoch * config.train.batch_size
+    for order in (order_0, order_1):  # each epoch: distinct training examples
+        assert len(set(order.tolist())) == n
+        assert order.min() >= 0 and order.max() < run.sizes["train"]
+    assert not np.array_equal(order_0, order_1)
+    assert len({k.tobytes() for k in np.concatenate([keys_0, keys_1])}) == 2 * len(keys_0)
+    np.testing.assert_array_equal(order_0, again)
+    np.testing.assert_array_equal(keys_0, keys_again)
+
+
 def test_evaluate_writes_plots(tiny):
     _, root, _ = tiny
     assert evaluate.main([str(root / "run"), "--out", str(root / "plots.json"), "--plots"]) == 0

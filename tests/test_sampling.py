@@ -66,3 +66,23 @@ def test_temperature_sharpens_soft_samples_and_validation():
         sampling.gumbel_softmax(key, logits, tau=0.0, hard=False)
     with pytest.raises(ValueError, match="logits"):
         sampling.gumbel_softmax(key, logits[:, :1], tau=0.5, hard=False)
+
+
+def test_straight_through_gradient_is_the_soft_samples_gradient():
+    """Hard samples: one-hot values, but exactly the soft sample's gradient (same key).
+
+    Both gradients come from the same softmax, so they agree to round-off; a
+    sign or scale error in the straight-through term would not.
+    """
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    weights = rng.normal(size=(6, 3)).astype(np.float32)
+    key = jax.random.key(9)
+
+    def grad(hard):
+        f = lambda l: jnp.sum(weights * sampling.gumbel_softmax(key, l, tau=0.5, hard=hard))
+        return np.asarray(jax.jit(jax.grad(f))(logits))
+
+    soft, hard = grad(False), grad(True)
+    assert np.abs(soft).max() > 1e-3
+    np.testing.assert_allclose(hard, soft, rtol=1e-6, atol=1e-7)

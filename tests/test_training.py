@@ -31,24 +31,80 @@ def train_step(setup):
     return training.make_train_step(model, tx, config)
 
 
-def test_loss_is_the_reference_normalisation(setup, train_step):
-    """loss = batch mean of (sum of squared errors / (2 var) + KL) / N, from NumPy float64."""
-    config, split, model, tx, state = setup
-    key = jax.random.key(3)
-    _, sums = train_step(state, split, jnp.arange(B), key)
+def _train_forward(model, state, features, key):
+    """The train step's forward pass, run separately with the step's RNG streams."""
     gumbel_key, dropout_key = jax.random.split(key)
     out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         split.features[:B], train=True, mutable=["batch_stats"],
+                         features, train=True, mutable=["batch_stats"],
                          rngs={"gumbel": gumbel_key, "dropout": dropout_key}, prediction_steps=5)
+    return out
+
+
+def _numpy_confusion(logits, labels, n_types):
+    """Counts of (label, argmax type) over all edges, by an explicit loop."""
+    logits = np.asarray(logits, np.float64)
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    # The step and this test run different programs: their O(1) float32 logits
+    # agree to round-off only (~1e-6), so the argmax must not hinge on a near tie.
+    assert np.min(top2[..., 1] - top2[..., 0]) > 1e-5
+    confusion = np.zeros((n_types, n_types))
+    for label, predicted in zip(np.asarray(labels).ravel(), logits.argmax(-1).ravel()):
+        confusion[label, predicted] += 1
+    return confusion
+
+
+@pytest.mark.parametrize("prior", ["uniform", "sparse"])
+def test_loss_is_the_reference_normalisation(setup, prior):
+    """loss = batch mean of (sum of squared errors / (2 var) + KL) / N, from NumPy float64.
+
+    The KL is to the configured prior: uniform (1/K each) or sparse
+    (`no_edge_prob` on type 0, the rest spread evenly over the other types).
+    """
+    config, split, model, tx, state = setup
+    config = configs.override(config, prior=prior, no_edge_prob=0.8)
+    train_step = training.make_train_step(model, tx, config)
+    key = jax.random.key(3)
+    _, sums = train_step(state, split, jnp.arange(B), key)
+    out = _train_forward(model, state, split.features[:B], key)
     x = np.asarray(split.features[:B], np.float64)
     sq = (np.asarray(out.predictions, np.float64) - x[:, :, 1:]) ** 2
     nll = sq.sum(axis=(1, 2, 3)) / (2 * 1e-2) / N
     p = np.asarray(out.probs, np.float64)
-    kl = (p * (np.log(p + 1e-16) + np.log(2))).sum(axis=(1, 2)) / N
+    prior_probs = np.array([0.8, 0.2]) if prior == "sparse" else np.array([0.5, 0.5])
+    kl = (p * (np.log(p + 1e-16) - np.log(prior_probs))).sum(axis=(1, 2)) / N
+    # float32 sums of O(1e3) terms, each computed by a separately compiled program.
     np.testing.assert_allclose(float(sums["nll"]) / B, nll.mean(), rtol=1e-4)
     np.testing.assert_allclose(float(sums["kl"]) / B, kl.mean(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(float(sums["loss"]) / B, (nll + kl).mean(), rtol=1e-4)
     assert float(sums["count"]) == B
+
+
+def test_train_step_confusion_is_the_encoders_argmax_against_the_labels(setup, train_step):
+    """No relabelling inside the step: plain counts of (label, argmax of the logits)."""
+    config, split, model, tx, state = setup
+    key = jax.random.key(4)
+    _, sums = train_step(state, split, jnp.arange(B), key)
+    logits = _train_forward(model, state, split.features[:B], key).logits
+    np.testing.assert_array_equal(sums["confusion"],
+                                  _numpy_confusion(logits, split.labels[:B], 2))
+
+
+def test_eval_and_test_step_confusions_are_the_argmax_against_the_labels(setup):
+    """Eval: the encoder on the whole window; test: on the first n_encoder_frames."""
+    config, split, model, _, state = setup
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    encode = jax.jit(lambda x: model.apply(variables, x, train=False, method=NRI.encode))
+    eval_sums = training.make_eval_step(model, config)(
+        state, split, jnp.arange(B), jnp.ones(B), jax.random.key(5))
+    np.testing.assert_array_equal(
+        eval_sums["confusion"], _numpy_confusion(encode(split.features[:B]), split.labels[:B], 2))
+    rng = np.random.default_rng(2)
+    long = data_lib.Split(jnp.asarray(rng.normal(size=(B, N, 2 * T + 1, D)), jnp.float32),
+                          split.labels[:B])
+    test_sums = training.make_test_step(model, config, n_encoder_frames=T)(
+        state, long, jnp.arange(B), jnp.ones(B), jax.random.key(6))
+    np.testing.assert_array_equal(
+        test_sums["confusion"], _numpy_confusion(encode(long.features[:, :, :T]), long.labels, 2))
 
 
 def test_train_step_updates_finitely_and_compiles_once(setup, train_step):
