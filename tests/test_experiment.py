@@ -150,6 +150,28 @@ def test_every_epoch_shuffles_with_its_own_key(tiny):
     np.testing.assert_array_equal(keys_0, keys_again)
 
 
+def test_seeds_reach_the_data_and_the_initial_state(tiny, tmp_path):
+    """`data_seed` picks the generated trajectories and `seed` the initial parameters;
+    the same seed gives the same values."""
+    config, root, _ = tiny
+    dataset, _ = experiment.load_data(config.data)
+    other, _ = experiment.load_data(
+        configs.override(config, data_seed=config.data.data_seed + 1,
+                         data_dir=str(tmp_path / "data")).data)
+    assert not np.array_equal(np.asarray(dataset.test.features[:4]),
+                              np.asarray(other.test.features[:4]))
+
+    def initial_params(seed, name):
+        run = experiment.Run(configs.override(config, seed=seed), dataset, tmp_path / name,
+                             dataset.train.features.shape[2], splits=("train",))
+        return jax.device_get(run.state.params)
+
+    first, again, changed = (initial_params(s, n) for s, n in ((0, "a"), (0, "b"), (1, "c")))
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    assert not np.array_equal(first["encoder"]["node_mlp"]["fc1"]["kernel"],
+                              changed["encoder"]["node_mlp"]["fc1"]["kernel"])
+
+
 def test_evaluate_writes_plots(tiny):
     _, root, _ = tiny
     assert evaluate.main([str(root / "run"), "--out", str(root / "plots.json"), "--plots"]) == 0

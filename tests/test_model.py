@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from nri_jax import decoders, graphs, losses
+from nri_jax import decoders, encoders, graphs, losses
 from nri_jax.model import NRI, ModelConfig, NRIOutput
 from helpers import numpy_variables as _numpy_variables
 
@@ -72,22 +72,117 @@ def test_sample_edges_soft_in_training_unless_hard(hard, train, one_hot):
     assert (set(np.unique(np.asarray(edges)).tolist()) <= {0.0, 1.0}) == one_hot
 
 
+def test_training_samples_use_the_configured_temperature():
+    """Soft samples are softmax((logits + g) / tau) with tau from the config.
+
+    So tau * log(s_k / s_0) - (logits_k - logits_0) is g_k - g_0, the same
+    Gumbel noise for every tau under the same key: recovered from two
+    temperatures it must agree (a temperature ignored by the model does not).
+    """
+    logits = _normal((2, 6, 3), 13)
+    eps = np.finfo(np.float32).eps
+    noise, tol = {}, 0.0
+    for tau in (0.25, 2.0):
+        model = NRI(ModelConfig(n_edge_types=3, tau=tau, **TINY))
+        sample = jax.jit(lambda l: model.apply({}, l, train=True, method=NRI.sample_edges,
+                                               rngs={"gumbel": jax.random.key(4)}))
+        log_s = np.log(np.asarray(sample(logits), np.float64))
+        scaled = tau * (log_s[..., 1:] - log_s[..., :1])
+        noise[tau] = scaled - (logits[..., 1:] - logits[..., :1])
+        # float32 softmax and log: a few ulps relative to |(logits + g) / tau| and |log s|,
+        # times tau, plus the rounding of logits + g itself.
+        tol += 32 * eps * (1 + np.max(np.abs(scaled)) + np.max(np.abs(tau * log_s)))
+    np.testing.assert_allclose(noise[0.25], noise[2.0], rtol=0, atol=tol)
+    assert np.std(noise[2.0]) > 0.5  # real Gumbel noise (difference std pi / sqrt(3))
+
+
+@pytest.mark.parametrize("config", [
+    ModelConfig(n_edge_types=3, factor=False, skip_first=True, compute_dtype="bfloat16", **TINY),
+    ModelConfig(encoder="cnn", decoder="rnn", skip_first=True, compute_dtype="bfloat16", **TINY),
+])
+def test_config_fields_reach_the_encoder_and_decoder(config):
+    """NRI(config) computes what an encoder and a decoder built from the config's fields compute.
+
+    Each field is passed by keyword here, so a field that NRI drops or passes
+    to the wrong slot (skip_first, factor, compute_dtype, ...) shows up as a
+    different parameter tree or different numbers.
+    """
+    c = config
+    encoder = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}[c.encoder](
+        hidden=c.encoder_hidden, n_edge_types=c.n_edge_types, dropout=c.encoder_dropout,
+        factor=c.factor, compute_dtype=c.compute_dtype)
+    decoder = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}[c.decoder](
+        hidden=c.decoder_hidden, n_edge_types=c.n_edge_types, skip_first=c.skip_first,
+        dropout=c.decoder_dropout, compute_dtype=c.compute_dtype, remat=c.remat)
+    x = _normal((2, 3, 14, 2), 11)
+    edges = jax.nn.softmax(_normal((2, 6, c.n_edge_types), 12))  # every type carries weight
+    model = NRI(config)
+    variables = _numpy_variables(model, x, train=False)
+    part = lambda name: {col: tree[name] for col, tree in variables.items() if name in tree}
+    assert jax.tree.structure(part("encoder")) == jax.tree.structure(
+        jax.eval_shape(lambda: encoder.init(jax.random.key(0), x, train=False)))
+    assert jax.tree.structure(part("decoder")) == jax.tree.structure(
+        jax.eval_shape(lambda: decoder.init(jax.random.key(0), x, edges, train=False)))
+    steps = dict(prediction_steps=3, burn_in_steps=5)
+    with jax.default_matmul_precision("highest"):  # float32 products on GPUs too (not TF32)
+        logits, predictions = jax.jit(lambda v: (
+            model.apply(v, x, train=False, method=NRI.encode),
+            model.apply(v, x, edges, train=False, method=NRI.decode, **steps)))(variables)
+        expected_logits, expected_predictions = jax.jit(lambda e, d: (
+            encoder.apply(e, x, train=False), decoder.apply(d, x, edges, train=False, **steps)))(
+                part("encoder"), part("decoder"))
+    # The same products in one program or two: only XLA's fusion may differ, a few
+    # float32 ulps of the largest value. A float32 product instead of a bfloat16 one
+    # differs by about 2^-8 relative, far outside this.
+    for got, want in ((logits, expected_logits), (predictions, expected_predictions)):
+        scale = float(np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
+
+
+@pytest.mark.parametrize("encoder_dropout, decoder_dropout", [(0.5, 0.0), (0.0, 0.5)])
+def test_dropout_rates_reach_the_encoder_and_decoder(encoder_dropout, decoder_dropout):
+    """In training, a part's output depends on the dropout key exactly when its rate is > 0."""
+    model = NRI(ModelConfig(encoder_dropout=encoder_dropout, decoder_dropout=decoder_dropout,
+                            **TINY))
+    x = _normal((2, 3, 6, 2), 14)
+    edges = decoders.fully_connected_edges(2, 6, 2)
+    variables = _numpy_variables(model, x, train=False)
+
+    @jax.jit
+    def train_outputs(key):
+        logits, _ = model.apply(variables, x, train=True, rngs={"dropout": key},
+                                mutable=["batch_stats"], method=NRI.encode)
+        return logits, model.apply(variables, x, edges, train=True, rngs={"dropout": key},
+                                   prediction_steps=2, method=NRI.decode)
+
+    (logits0, predictions0), (logits1, predictions1) = (train_outputs(jax.random.key(s))
+                                                        for s in (0, 1))
+    assert (not np.array_equal(logits0, logits1)) == (encoder_dropout > 0)
+    assert (not np.array_equal(predictions0, predictions1)) == (decoder_dropout > 0)
+
+
 def test_given_edges_decoder_inputs_and_methods_agree_with_call():
     config = ModelConfig(**TINY)
     x, longer = _normal((2, 3, 6, 2), 4), _normal((2, 3, 8, 2), 5)
     given = decoders.fully_connected_edges(2, 6, 2)
     model = NRI(config)
     variables = _numpy_variables(model, x, train=False)
-    out = jax.jit(lambda v, x, longer, e: model.apply(
-        v, x, train=False, prediction_steps=3, edges=e, decoder_inputs=longer))(
-            variables, x, longer, given)
+    # One program (the call) against two (the methods): the same float32 products, so only
+    # XLA's fusion may differ, by a few ulps of the largest value (hence the absolute floor);
+    # full float32 products keep a GPU's TF32 rounding (~2^-11) out of the comparison.
+    with jax.default_matmul_precision("highest"):
+        out = jax.jit(lambda v, x, longer, e: model.apply(
+            v, x, train=False, prediction_steps=3, edges=e, decoder_inputs=longer))(
+                variables, x, longer, given)
+        logits = jax.jit(lambda v, x: model.apply(v, x, train=False, method=NRI.encode))(
+            variables, x)
+        predictions = jax.jit(lambda v, x, e: model.apply(
+            v, x, e, train=False, prediction_steps=3, method=NRI.decode))(variables, longer, given)
     np.testing.assert_array_equal(out.edges, given)
     assert out.predictions.shape == (2, 3, 7, 2)
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False, method=NRI.encode))(variables, x)
-    np.testing.assert_allclose(logits, out.logits, rtol=1e-6)
-    predictions = jax.jit(lambda v, x, e: model.apply(v, x, e, train=False, prediction_steps=3,
-                                                      method=NRI.decode))(variables, longer, given)
-    np.testing.assert_allclose(predictions, out.predictions, rtol=1e-6)
+    for got, want in ((logits, out.logits), (predictions, out.predictions)):
+        floor = 8 * np.finfo(np.float32).eps * float(np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=floor)
 
 
 def test_train_step_is_finite_and_does_not_recompile():

@@ -1,15 +1,25 @@
 """Tests of the jitted train / eval / test steps and of metric summaries."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nri_jax import configs, training
+from nri_jax import configs, sampling, training
 from nri_jax import data as data_lib
 from nri_jax.model import NRI
 
 B, N, T, D = 8, 4, 12, 4
+
+
+@pytest.fixture(autouse=True)
+def full_float32_products():
+    """The steps are compared with separately compiled forward passes to float32 round-off:
+    full float32 matrix products keep a GPU's TF32 (~2^-11 relative) out of that."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +99,14 @@ def test_train_step_confusion_is_the_encoders_argmax_against_the_labels(setup, t
                                   _numpy_confusion(logits, split.labels[:B], 2))
 
 
-def test_eval_and_test_step_confusions_are_the_argmax_against_the_labels(setup):
-    """Eval: the encoder on the whole window; test: on the first n_encoder_frames."""
+def test_eval_step_confusion_is_the_argmax_against_the_labels(setup):
     config, split, model, _, state = setup
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    encode = jax.jit(lambda x: model.apply(variables, x, train=False, method=NRI.encode))
-    eval_sums = training.make_eval_step(model, config)(
+    logits = model.apply(variables, split.features[:B], train=False, method=NRI.encode)
+    sums = training.make_eval_step(model, config)(
         state, split, jnp.arange(B), jnp.ones(B), jax.random.key(5))
-    np.testing.assert_array_equal(
-        eval_sums["confusion"], _numpy_confusion(encode(split.features[:B]), split.labels[:B], 2))
-    rng = np.random.default_rng(2)
-    long = data_lib.Split(jnp.asarray(rng.normal(size=(B, N, 2 * T + 1, D)), jnp.float32),
-                          split.labels[:B])
-    test_sums = training.make_test_step(model, config, n_encoder_frames=T)(
-        state, long, jnp.arange(B), jnp.ones(B), jax.random.key(6))
-    np.testing.assert_array_equal(
-        test_sums["confusion"], _numpy_confusion(encode(long.features[:, :, :T]), long.labels, 2))
+    np.testing.assert_array_equal(sums["confusion"],
+                                  _numpy_confusion(logits, split.labels[:B], 2))
 
 
 def test_train_step_updates_finitely_and_compiles_once(setup, train_step):
@@ -172,3 +174,98 @@ def test_learning_rate_halves_every_decay_period():
     schedule = training.learning_rate_schedule(cfg, steps_per_epoch=10)
     values = [float(schedule(s)) for s in (0, 19, 20, 39, 40)]
     np.testing.assert_allclose(values, [4e-3, 4e-3, 2e-3, 2e-3, 1e-3], rtol=1e-6)
+
+
+def test_optimizer_follows_the_decay_schedule():
+    """Adam on a constant gradient g steps by lr_t * g / (|g| + eps): the schedule, step by step.
+
+    (Both bias-corrected moments equal g and g^2 exactly for a constant gradient.)
+    """
+    cfg = configs.TrainConfig(learning_rate=4e-3, lr_decay_every=2, lr_decay_factor=0.5)
+    steps_per_epoch, n_steps = 3, 14
+    tx = training.make_optimizer(cfg, steps_per_epoch)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    update = jax.jit(tx.update)
+    opt_state, steps = tx.init(params), []
+    for _ in range(n_steps):
+        updates, opt_state = update(grads, opt_state, params)
+        steps.append(np.asarray(updates["w"], np.float64))
+    g = np.asarray(grads["w"], np.float64)
+    lr = 4e-3 * 0.5 ** (np.arange(n_steps) // (2 * steps_per_epoch))
+    expected = -lr[:, None] * g / (np.abs(g) + 1e-8)
+    # Adam's float32 bias correction 1 - b2^t (b2 = 0.999) cancels: relative error up to
+    # eps / (1 - b2), halved by the square root; the moments add a few ulps.
+    np.testing.assert_allclose(np.stack(steps), expected,
+                               rtol=np.finfo(np.float32).eps / (1 - 0.999))
+
+
+def test_validation_nll_is_of_one_step_predictions(setup):
+    """The eval step scores each frame predicted from the ground-truth frame before it,
+    whatever prediction_steps training uses (5 here)."""
+    config, split, model, _, state = setup
+    key = jax.random.key(7)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = split.features[:B]
+    sums = training.make_eval_step(model, config)(state, split, jnp.arange(B), jnp.ones(B), key)
+    edges = jax.jit(lambda x: model.apply(variables, x, train=False,
+                                          rngs={"gumbel": key}).edges)(x)
+    decode_pair = jax.jit(lambda pair: model.apply(variables, pair, edges, train=False,
+                                                   prediction_steps=1, method=NRI.decode))
+    one_step = np.stack([np.asarray(decode_pair(x[:, :, t:t + 2]), np.float64)[:, :, 0]
+                         for t in range(T - 1)], axis=2)
+    assert set(np.unique(np.asarray(edges)).tolist()) <= {0.0, 1.0}  # hard samples
+    x = np.asarray(x, np.float64)
+    nll = ((one_step - x[:, :, 1:]) ** 2).sum(axis=(1, 2, 3)) / (2 * config.train.variance) / N
+    # Same float32 arithmetic in another program: a few ulps per squared error.
+    np.testing.assert_allclose(float(sums["nll"]) / B, nll.mean(),
+                               rtol=64 * np.finfo(np.float32).eps)
+
+
+def test_burn_in_steps_reach_the_train_step(setup):
+    """The RNN decoder's burn-in in training is the config's, else T - prediction_steps."""
+    config, split, _, tx, _ = setup
+    seen = []
+
+    class Recording(NRI):
+        def __call__(self, inputs, **kwargs):
+            seen.append(kwargs.get("burn_in_steps"))
+            return super().__call__(inputs, **kwargs)
+
+    for burn_in, expected in ((3, 3), (None, T - config.train.prediction_steps)):
+        cfg = configs.override(config, decoder="rnn", burn_in_steps=burn_in)
+        model = Recording(cfg.model)
+        state = jax.eval_shape(functools.partial(training.init_state, model=model, tx=tx),
+                               jax.random.key(0), example=split.features[:B])
+        seen.clear()
+        # Tracing is enough to see the static burn-in the decoder is given.
+        jax.eval_shape(training.make_train_step(model, tx, cfg), state, split, jnp.arange(B),
+                       jax.random.key(1))
+        assert seen == [expected]
+
+
+def test_test_step_encodes_the_first_frames_and_rolls_out_from_the_last_one(setup):
+    """Edges from frames 0..t_enc-1 only; open loop from ground-truth frame t_enc."""
+    config, _, model, _, state = setup
+    rng = np.random.default_rng(2)
+    long = data_lib.Split(jnp.asarray(rng.normal(size=(B, N, 2 * T + 1, D)), jnp.float32),
+                          jnp.asarray(rng.integers(0, 2, size=(B, N * (N - 1))), jnp.int32))
+    key = jax.random.key(4)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = long.features
+    horizon = training.test_horizon(config, 2 * T + 1, T)
+    sums = training.make_test_step(model, config, n_encoder_frames=T)(
+        state, long, jnp.arange(B), jnp.ones(B), key)
+    logits = model.apply(variables, x[:, :, :T], train=False, method=NRI.encode)
+    edges = sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
+    step = jax.jit(lambda frame: model.apply(variables, jnp.stack([frame, frame], 2), edges,
+                                             train=False, prediction_steps=1,
+                                             method=NRI.decode)[:, :, 0])
+    frame, errors = x[:, :, T], []
+    for h in range(horizon):  # feed back its own prediction, frame by frame
+        frame = step(frame)
+        errors.append(np.mean((np.asarray(frame, np.float64)
+                               - np.asarray(x[:, :, T + h + 1], np.float64)) ** 2, axis=(1, 2)))
+    np.testing.assert_array_equal(sums["confusion"], _numpy_confusion(logits, long.labels, 2))
+    np.testing.assert_allclose(sums["mse_by_horizon"], np.sum(errors, axis=1),
+                               rtol=64 * horizon * np.finfo(np.float32).eps)
