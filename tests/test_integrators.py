@@ -18,7 +18,9 @@ def test_unrolled_sum_matches_numpy(axis):
 
 
 def test_pairwise_differences_with_batch_axes():
-    x = np.random.default_rng(1).normal(size=(4, 2, 3))  # [N, D, S]
+    # float32 inputs: a float64 x would be rounded first, and x_i - x_j cancels that
+    # rounding's error into an unbounded relative error of the difference.
+    x = np.random.default_rng(1).normal(size=(4, 2, 3)).astype(np.float32)  # [N, D, S]
     diff = jax.jit(integrators.pairwise_differences)(x)
     assert diff.shape == (4, 4, 2, 3)
     for i in range(4):

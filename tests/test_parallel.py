@@ -71,8 +71,9 @@ with open(sys.argv[1] + ".json", "w") as f:
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     prefix = str(tmp_path_factory.mktemp("four") / "result")
+    # CPU devices even where a GPU is the default backend (it would offer one device).
     subprocess.run([sys.executable, "-c", FOUR_DEVICES, prefix], cwd=ROOT, check=True,
-                   timeout=600)
+                   timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     arrays = np.load(prefix + ".npz")
     info = {int(k): v for k, v in json.loads(pathlib.Path(prefix + ".json").read_text()).items()}
     return arrays, info
@@ -111,7 +112,8 @@ def _free_port() -> int:
 def _train(args, **kwargs):
     return subprocess.Popen([sys.executable, "train.py", "--preset", "tiny", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "XLA_FLAGS": ""}, **kwargs)
+                            env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+                            **kwargs)
 
 
 def _finish(process, timeout=600):
