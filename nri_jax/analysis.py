@@ -158,11 +158,13 @@ def accuracy_by_confidence(probs: Array, labels: Array, *, n_bins: int = 5,
     confidence = jnp.max(probs, axis=-1).ravel()
     correct = (predicted_labels(probs, permutation=permutation) == labels).ravel()
     position = (confidence - lowest) / (1.0 - lowest) * n_bins
-    in_bin = jax.nn.one_hot(jnp.clip(jnp.floor(position), 0, n_bins - 1).astype(jnp.int32),
-                            n_bins, dtype=confidence.dtype)  # [B * E, n_bins]
-    count = jnp.sum(in_bin, axis=0)
+    bins = jnp.clip(jnp.floor(position), 0, n_bins - 1).astype(jnp.int32)  # [B * E]
+    # Sums per bin, not a product with a one-hot matrix: a GPU's TF32 products
+    # would round the confidences to ~1e-3.
+    total = lambda values: jax.ops.segment_sum(values, bins, num_segments=n_bins)
+    count = total(jnp.ones_like(confidence))
     # Empty bins have no mean: NaN marks them (matplotlib leaves them out).
-    mean = lambda values: jnp.where(count > 0, values @ in_bin / jnp.maximum(count, 1), jnp.nan)
+    mean = lambda values: jnp.where(count > 0, total(values) / jnp.maximum(count, 1), jnp.nan)
     return Calibration(jnp.linspace(lowest, 1.0, n_bins + 1, dtype=confidence.dtype),
                        count.astype(jnp.int32), mean(confidence),
                        mean(correct.astype(confidence.dtype)))

@@ -10,6 +10,13 @@ import pytest
 # Silent broadcasting of mismatched ranks hides shape bugs: make it an error.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# Resume, determinism and device-count tests compare runs bit for bit. On a GPU the
+# segment sums are scatter-adds in no fixed order unless XLA is told otherwise; set
+# here, before any backend starts, and inherited by the tests' subprocesses.
+if "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_gpu_deterministic_ops=true").strip()
+
 
 def _cpu_description() -> str:
     """CPU model, family/model numbers and the instruction sets that pick XLA's kernels."""

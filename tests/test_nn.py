@@ -106,11 +106,20 @@ def test_mixed_matmul_and_its_gradients_against_numpy():
     y, vjp = jax.jit(lambda x, w: jax.vjp(nri_nn.mixed_matmul, x, w))(x, w)
     dx, dw = jax.jit(vjp)(g)
     assert y.dtype == dx.dtype == dw.dtype == jnp.float32
-    # Exactly the float64 product of the rounded inputs, up to float32 summation.
-    np.testing.assert_allclose(y, _round_bf16(x) @ _round_bf16(w), rtol=1e-5, atol=1e-5)
-    rows_x, rows_g = _round_bf16(x).reshape(-1, 40), _round_bf16(g).reshape(-1, 6)
-    np.testing.assert_allclose(dx, _round_bf16(g) @ _round_bf16(w).T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dw, rows_x.T @ rows_g, rtol=1e-5, atol=1e-5)
+    # Exactly the float64 product of the rounded inputs, up to float32 summation: each
+    # bfloat16 x bfloat16 term is exact in float32, and a float32 sum of n terms in any
+    # order (any kernel, blocking or AMX tile) is within (n - 1) 2^-24 sum|terms| of it.
+    xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+    rows_x, rows_g = xr.reshape(-1, 40), gr.reshape(-1, 6)
+
+    def check_sum(got, a, b):
+        n = a.shape[-1]
+        bound = 1.01 * (n - 1) * 2.0 ** -24 * (np.abs(a) @ np.abs(b)) + 1e-30
+        assert np.all(np.abs(np.asarray(got, np.float64) - a @ b) <= bound)
+
+    check_sum(y, xr, wr)
+    check_sum(dx, gr, wr.T)
+    check_sum(dw, rows_x.T, rows_g)
     # And within the analytic bound of the exact float64 product.
     bound = 1.01 * BF16_UNIT * (np.abs(x) @ np.abs(w).astype(np.float64))
     assert np.all(np.abs(np.asarray(y, np.float64) - x.astype(np.float64) @ w) <= bound)
