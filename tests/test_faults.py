@@ -255,19 +255,31 @@ def garbage(path: pathlib.Path) -> None:
     path.write_bytes(np.random.default_rng(0).bytes(max(path.stat().st_size, 64)))
 
 
-def flip_middle_byte(path: pathlib.Path) -> None:
+def flip_bytes_throughout(path: pathlib.Path) -> None:
+    """Flips 16 evenly spaced bytes: a single flipped byte can land in a region orbax
+    never reads back (seen with 2 devices), which leaves the checkpoint intact."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    for i in range(16):
+        data[(2 * i + 1) * len(data) // 32] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
-# Orbax reads flipped bytes in the array data (ocdbt.process_0/d) back without any error:
-# only the digest recorded in the checkpoint catches them.
+def other_digest(path: pathlib.Path) -> None:
+    """Records the digest of some other state: the digest check alone must catch it."""
+    meta = json.loads(path.read_text())
+    meta[checkpointing.DIGEST_KEY] = hashlib.sha256(b"another state").hexdigest()
+    path.write_text(json.dumps(meta))
+
+
+# Orbax can read flipped bytes in the array data (ocdbt.process_0/d) back without any error:
+# the digest recorded in the checkpoint catches them.
 CHECKPOINT_DAMAGE = {
     "truncated manifest": ("state/manifest.ocdbt", truncate),
     "garbage array metadata": ("state/_METADATA", garbage),
     "garbage run metadata": ("meta/metadata", garbage),
-    "flipped byte in every data file": ("state/ocdbt.process_0/d/*", flip_middle_byte),
+    "flipped bytes throughout every data file": ("state/ocdbt.process_0/d/*",
+                                                 flip_bytes_throughout),
+    "digest of another state": ("meta/metadata", other_digest),
 }
 
 
