@@ -35,8 +35,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
-            n_objects: int, remat: bool = False) -> dict:
+def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_objects: int,
+          remat: bool = False):
+    """The jitted train step of `model_name` at springs shapes, on random data.
+
+    Returns (step, state, split, indices, key): the step and its arguments.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -56,9 +60,18 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
     model = NRI(config.model)
     tx = training.make_optimizer(config.train, 100)
     state = training.init_state(key, model, tx, split.features[:batch])
-    indices = jnp.arange(batch)
+    step = training.make_train_step(model, tx, config)
+    return step, state, split, jnp.arange(batch), key
+
+
+def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
+            n_objects: int, remat: bool = False) -> dict:
+    import jax
+
+    step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden,
+                                             n_objects, remat)
     t0 = time.perf_counter()
-    step = training.make_train_step(model, tx, config).lower(state, split, indices, key).compile()
+    step = step.lower(state, split, indices, key).compile()
     compile_s = time.perf_counter() - t0
     rss_compiled = _peak_rss_mb()
     flops = step.cost_analysis().get("flops", 0.0)
