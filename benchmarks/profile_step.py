@@ -22,7 +22,6 @@ Random data with springs shapes (B=128, N=5, T=49, D=4), as `train_throughput.py
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -36,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import MODELS, build  # noqa: E402
+from train_throughput import build, step_arguments  # noqa: E402
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
@@ -298,17 +297,8 @@ def _print(r: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--compute-dtype", default="float32")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--remat", action="store_true")
+    parser = step_arguments(__doc__, steps=3)
     parser.add_argument("--top", type=int, default=12, help="list this many slowest thunks")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(profile(args.child, args.compute_dtype, args.steps, args.batch,

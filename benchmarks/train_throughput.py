@@ -114,21 +114,27 @@ def _print(r: dict) -> None:
           f"{r['xla_temp_mb']:.0f} MB, args {r['xla_argument_mb']:.0f} MB)", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def step_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The command-line options shared by the train-step benchmarks."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--compute-dtype", default="float32",
                         help="comma-separated: float32, bfloat16")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=1, help="repeats; the best is kept")
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--n-objects", type=int, default=5)
     parser.add_argument("--remat", action="store_true",
                         help="recompute decoder activations in the backward pass")
     parser.add_argument("--json", default=None, help="also write every run to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = step_arguments(__doc__, steps=20)
+    parser.add_argument("--rounds", type=int, default=1, help="repeats; the best is kept")
+    parser.add_argument("--n-objects", type=int, default=5)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.compute_dtype, args.steps, args.batch,
