@@ -267,7 +267,7 @@ def profile(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
 def _print(r: dict) -> None:
     total = sum(row["ms"] for row in r["classes"].values())
     busy = sum(row["wall_ms"] for row in r["classes"].values())
-    print(f"\n{r['model']} {r['compute_dtype']}{' remat' if r['remat'] else ''} "
+    print(f"\n{r['model']} {r['compute_dtype']}{' remat' if r['remat'] else ' no-remat'} "
           f"B={r['batch']} H={r['hidden']}: {r['step_ms']:.0f} ms/step "
           f"({r['samples_per_s']:.1f} samples/s); traced {r['traced_step_ms']:.0f} ms/step, "
           f"{busy:.0f} ms of it running thunks, whose durations sum to {total:.0f} ms")
@@ -312,7 +312,8 @@ def main() -> None:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
                  "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
-                 str(args.hidden), "--top", str(args.top)] + (["--remat"] if args.remat else []),
+                 str(args.hidden), "--top", str(args.top),
+                 "--remat" if args.remat else "--no-remat"],
                 check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             _print(results[-1])
