@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from nri_jax import graphs
 from nri_jax.nn import MLP, batch_norm, check_compute_dtype, mixed_matmul, reference_dense
 
-# 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2, kernel 5 again.
+# 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2 (pairs), kernel 5 again.
 # The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
 _CONV_KERNEL = 5
 _POOL = 2
@@ -124,6 +124,21 @@ def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32")
                                          else _bf16_valid_conv1d))
 
 
+def max_pool_pairs(x: jax.Array) -> jax.Array:
+    """Max over non-overlapping pairs of time steps: [R, T, C] -> [R, T // 2, C].
+
+    The values and gradients of `nn.max_pool(x, (2,), strides=(2,))` (on a tie the
+    first of the pair takes the gradient, as XLA's select-and-scatter does), as
+    one elementwise select. XLA's CPU pooling builds an index array and scatters
+    the gradient: replacing it made the CNN+MLP train step 1.14x (float32) and
+    1.22x (bfloat16) faster on 2 CPU cores (BENCHMARKS.md).
+    """
+    steps = x.shape[-2] // 2
+    pairs = x[..., :2 * steps, :].reshape(x.shape[:-2] + (steps, 2, x.shape[-1]))
+    first, second = pairs[..., 0, :], pairs[..., 1, :]
+    return jnp.where(first >= second, first, second)
+
+
 class TemporalCNN(nn.Module):
     """Per-edge 1-D CNN with attention pooling over time: [R, T, C] -> [R, H].
 
@@ -141,7 +156,7 @@ class TemporalCNN(nn.Module):
         h, cd = self.hidden, self.compute_dtype
         x = batch_norm(train, name="bn1")(nn.relu(_conv(h, _CONV_KERNEL, "conv1", cd)(x)))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        x = nn.max_pool(x, (_POOL,), strides=(_POOL,))
+        x = max_pool_pairs(x)
         x = batch_norm(train, name="bn2")(nn.relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x)))
         prediction = _conv(h, 1, "predict", cd)(x)
         # One output channel feeding a softmax: kept float32.

@@ -1,5 +1,8 @@
 """Encoders: shapes, permutation equivariance, the reference parameter counts."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +76,26 @@ def test_dropout_and_batch_statistics_in_training():
     moved = jax.tree_util.tree_map(lambda u, v: not np.allclose(u, v),
                                    updates["batch_stats"], variables["batch_stats"])
     assert all(jax.tree_util.tree_leaves(moved))
+
+
+@pytest.mark.parametrize("frames", [8, 9])
+def test_max_pool_pairs_is_max_pool_in_value_and_gradient(frames):
+    """Same values and same gradients as nn.max_pool, ties included (after ReLU and
+    BatchNorm, zeros make ties common): the first of a tied pair takes the gradient."""
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=(3, frames, 4)), 0).astype(np.float32)  # many ties at 0
+    g = rng.normal(size=(3, frames // 2, 4)).astype(np.float32)
+
+    def value_and_grad(pool, x, g):
+        out, vjp = jax.vjp(pool, x)
+        return out, vjp(g)[0]
+
+    pools = [encoders.max_pool_pairs, lambda x: nn.max_pool(x, (2,), strides=(2,))]
+    (ours, our_grad), (flax_, flax_grad) = (
+        jax.jit(functools.partial(value_and_grad, pool))(x, g) for pool in pools)
+    assert np.sum(x[:, 0:2 * (frames // 2):2] == x[:, 1:2 * (frames // 2):2]) > 5
+    np.testing.assert_array_equal(ours, flax_)
+    np.testing.assert_array_equal(our_grad, flax_grad)
 
 
 def test_input_validation():
