@@ -73,6 +73,10 @@ class TrainConfig:
       no_edge_prob: prior mass on edge type 0 for the sparse prior.
       eval_batch_size: batch size of validation and test passes.
       seed: seed of initialisation, shuffling and sampling.
+      online_data: train on fresh trajectories every epoch, simulated like the
+        stored training split (same size, frames and physics) from
+        `data_seed` and the epoch, and normalised with the stored split's
+        statistics; validation and test stay the stored splits.
       n_devices: devices to shard the batch over; None uses all visible ones.
     """
 
@@ -88,6 +92,7 @@ class TrainConfig:
     no_edge_prob: float = 0.91
     eval_batch_size: int = 256
     seed: int = 0
+    online_data: bool = False
     n_devices: int | None = None
 
     def __post_init__(self):

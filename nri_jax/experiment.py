@@ -178,7 +178,7 @@ class Run:
         """Places the data and builds the state; with `for_restore` the state is
         only its shapes and shardings (filled by `restore`) and no checkpoint
         directory is created."""
-        self.config, self.workdir = config, workdir
+        self.config, self.workdir, self.dataset = config, workdir, dataset
         self.n_encoder_frames = n_encoder_frames
         self.mesh = data_lib.make_mesh(config.train.n_devices)
         self.sizes = {name: len(getattr(dataset, name).features) for name in splits}
@@ -346,7 +346,14 @@ def _resume(run: Run) -> tuple[int, float]:
 
 
 def _train_epoch(run: Run, train_step, epoch: int) -> dict:
-    """One pass over the shuffled training split; one host synchronisation at the end."""
+    """One pass over the shuffled training split; one host synchronisation at the end.
+
+    With `online_data` the split is first replaced by the epoch's fresh trajectories.
+    """
+    if run.config.train.online_data:
+        key = datasets.online_key(jax.random.key(run.config.data.data_seed), epoch)
+        fresh = datasets.fresh_training_split(run.dataset, key)
+        run.splits["train"] = data_lib.put_split(fresh.features, fresh.labels, run.mesh)
     epoch_key = jax.random.fold_in(jax.random.fold_in(run.key, 1), epoch)
     shuffle_key, step_key = jax.random.split(epoch_key)
     batches = data_lib.shuffled_batches(shuffle_key, run.sizes["train"],

@@ -573,6 +573,33 @@ def generate_split(key: jax.Array, system: str, *, n_sims: int, n_objects: int, 
     return out
 
 
+def online_key(key: jax.Array, epoch: int) -> jax.Array:
+    """The key of epoch `epoch`'s fresh training trajectories (`fresh_training_split`),
+    independent of the stored splits' keys (`split_key`) and of every other epoch's."""
+    return jax.random.fold_in(jax.random.fold_in(key, len(SPLITS)), epoch)
+
+
+def fresh_training_split(dataset: Dataset, key: jax.Array, *,
+                         n_devices: int | None = None) -> Split:
+    """New training trajectories like `dataset.train`: unlimited fresh data.
+
+    The same system, number of trajectories, objects, frames and physics (the
+    metadata's, else the system's defaults), drawn with `key` (trajectory i from
+    ``fold_in(key, i)``, so the result does not depend on the device count) and
+    normalised with `dataset.stats`, the statistics of the stored training split.
+
+    Returns:
+      Split with features ``[S, N, T, D]`` float32 and labels ``[S, E]`` int32, in memory.
+    """
+    n_sims, n_objects, n_frames, _ = dataset.train.features.shape
+    arrays = generate_split(key, dataset.system, n_sims=n_sims, n_objects=n_objects,
+                            n_frames=n_frames, n_devices=n_devices,
+                            **physics_parameters(dataset.system, dataset.metadata.get("physics")))
+    features = model_features({k: v for k, v in arrays.items() if k != "edges"}, dataset.stats)
+    return Split(features, labels_from_edges(dataset.system, arrays["edges"],
+                                             n_edge_types=dataset.n_edge_types))
+
+
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -258,3 +258,32 @@ def test_reading_rows_reads_only_those_rows(tmp_path, monkeypatch):
     assert peak(lambda: np.load(path / "loc_train_springs4.npy")) > file_bytes  # sees a read
     assert peak(lambda: dataset.train.features[1500:1504]) < file_bytes / 50
     assert peak(lambda: dataset.train.labels[[7, 2999]]) < file_bytes / 50
+
+
+@pytest.mark.parametrize("system", ["springs", "kuramoto"])
+def test_fresh_training_split_is_new_simulated_data_like_the_stored_one(tmp_path, system):
+    """Same shapes and dtypes as the stored training split, the trajectories `generate_split`
+    draws with the key, normalised with the stored split's statistics; a key per epoch."""
+    path = tmp_path / system
+    datasets.build_dataset(path, system=system, n_objects=3, n_train=6, n_valid=2, n_test=2,
+                           n_frames_train=7, n_frames_valid=7, n_frames_test=9)
+    dataset = datasets.load_dataset(path)
+    root = jax.random.key(42)  # the stored dataset's seed: online keys must not repeat its own
+    fresh = datasets.fresh_training_split(dataset, datasets.online_key(root, 0))
+    assert fresh.features.shape == dataset.train.features.shape
+    assert fresh.features.dtype == np.float32 and fresh.labels.dtype == np.int32
+    raw = datasets.generate_split(datasets.online_key(root, 0), system, n_sims=6, n_objects=3,
+                                  n_frames=7)
+    np.testing.assert_array_equal(fresh.labels, labels_by_loop(raw["edges"]))
+    if system == "springs":
+        np.testing.assert_allclose(fresh.features, expected_features(raw, dataset.stats),
+                                   rtol=0, atol=2e-6)
+    else:  # Kuramoto features are not rescaled
+        np.testing.assert_array_equal(fresh.features, raw["feat"])
+    again = datasets.fresh_training_split(dataset, datasets.online_key(root, 0))
+    np.testing.assert_array_equal(again.features, fresh.features)
+    other = datasets.fresh_training_split(dataset, datasets.online_key(root, 1))
+    assert not np.array_equal(other.features, fresh.features)
+    for stored in (dataset.train, dataset.valid):  # new trajectories, not the stored ones
+        assert not np.any(np.all(fresh.features[:, None, :, :7] == stored.features[None, :, :, :7],
+                                 axis=(2, 3, 4)))

@@ -10,7 +10,7 @@ import pytest
 import evaluate
 import train
 from nri_jax import configs, experiment
-from simulators import formats
+from simulators import datasets, formats
 
 pytestmark = pytest.mark.e2e
 
@@ -170,6 +170,48 @@ def test_seeds_reach_the_data_and_the_initial_state(tiny, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, first, again)
     assert not np.array_equal(first["encoder"]["node_mlp"]["fc1"]["kernel"],
                               changed["encoder"]["node_mlp"]["fc1"]["kernel"])
+
+
+def test_online_data_trains_on_fresh_trajectories_each_epoch(tiny, tmp_path):
+    """--online-data: each epoch's training split is that epoch's fresh trajectories
+    (the same for the same epoch, so runs resume exactly); valid and test stay fixed."""
+    config, root, _ = tiny
+    config = configs.override(config, online_data=True)
+    run = experiment.load_run(root / "run", splits=("train", "valid"))
+    run.config = config
+    stored_valid = np.asarray(run.splits["valid"].features)
+    seen = []
+
+    def recording_step(state, split, indices, key):
+        seen.append(np.asarray(split.features)[np.asarray(indices)])
+        sums = {"count": np.float32(len(indices)), "nonfinite_steps": np.int32(0),
+                "first_nonfinite_step": np.int32(2 ** 31 - 1),
+                "confusion": np.eye(2, dtype=np.float32)}
+        return state, sums
+
+    def epoch_batches(epoch):
+        seen.clear()
+        experiment._train_epoch(run, recording_step, epoch)
+        return np.concatenate(seen)
+
+    def rows_of(batches, features):
+        return [bool(np.any(np.all(row == features, axis=(1, 2, 3)))) for row in batches]
+
+    first, second, again = map(epoch_batches, (0, 1, 0))
+    fresh = [datasets.fresh_training_split(
+        run.dataset, datasets.online_key(jax.random.key(config.data.data_seed), epoch)).features
+        for epoch in (0, 1)]
+    stored = np.asarray(run.dataset.train.features)
+    assert first.shape[1:] == stored.shape[1:]
+    # Each epoch's batches are rows of its own fresh split, none of another's.
+    assert all(rows_of(first, fresh[0])) and all(rows_of(second, fresh[1]))
+    assert not any(rows_of(first, fresh[1]) + rows_of(second, fresh[0]))
+    assert not any(rows_of(first, stored) + rows_of(second, stored))
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(run.splits["valid"].features, stored_valid)
+    report = experiment.train_and_evaluate(
+        configs.override(config, epochs=2), tmp_path / "online", log=lambda _: None)
+    assert np.isfinite(report["nll"]) and len(report["mse_by_horizon"]) == 20
 
 
 def test_evaluate_writes_plots(tiny):
