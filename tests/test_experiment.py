@@ -120,26 +120,33 @@ def test_another_dataset_is_normalised_with_the_runs_statistics(tiny, tmp_path):
     assert again == report
 
 
-def test_every_epoch_shuffles_with_its_own_key(tiny):
-    """The epoch loop hands `shuffled_batches` and the steps a fresh key per epoch,
-    and the same epoch of a resumed run the same key (one permutation per epoch)."""
-    config, root, _ = tiny
-    run = experiment.load_run(root / "run", splits=("train",))
-    seen = []
+def _recorded_epochs(run, epochs, record) -> list[list]:
+    """Runs the real epoch loop with a step that only calls `record(split, indices, key)`;
+    returns each epoch's records."""
+    out = []
 
     def recording_step(state, split, indices, key):
-        seen.append((np.asarray(indices), np.asarray(jax.random.key_data(key))))
+        out[-1].append(record(split, np.asarray(indices), key))
         sums = {"count": np.float32(len(indices)), "nonfinite_steps": np.int32(0),
                 "first_nonfinite_step": np.int32(2 ** 31 - 1),
                 "confusion": np.eye(2, dtype=np.float32)}
         return state, sums
 
-    def epoch_record(epoch):
-        seen.clear()
+    for epoch in epochs:
+        out.append([])
         experiment._train_epoch(run, recording_step, epoch)
-        return (np.concatenate([i for i, _ in seen]), np.stack([k for _, k in seen]))
+    return out
 
-    (order_0, keys_0), (order_1, keys_1), (again, keys_again) = map(epoch_record, (0, 1, 0))
+
+def test_every_epoch_shuffles_with_its_own_key(tiny):
+    """The epoch loop hands `shuffled_batches` and the steps a fresh key per epoch,
+    and the same epoch of a resumed run the same key (one permutation per epoch)."""
+    config, root, _ = tiny
+    run = experiment.load_run(root / "run", splits=("train",))
+    records = _recorded_epochs(run, (0, 1, 0), lambda split, indices, key: (
+        np.asarray(indices), np.asarray(jax.random.key_data(key))))
+    (order_0, keys_0), (order_1, keys_1), (again, keys_again) = (
+        (np.concatenate([i for i, _ in r]), np.stack([k for _, k in r])) for r in records)
     n = run.steps_per_epoch * config.train.batch_size
     for order in (order_0, order_1):  # each epoch: distinct training examples
         assert len(set(order.tolist())) == n
@@ -180,24 +187,12 @@ def test_online_data_trains_on_fresh_trajectories_each_epoch(tiny, tmp_path):
     run = experiment.load_run(root / "run", splits=("train", "valid"))
     run.config = config
     stored_valid = np.asarray(run.splits["valid"].features)
-    seen = []
-
-    def recording_step(state, split, indices, key):
-        seen.append(np.asarray(split.features)[np.asarray(indices)])
-        sums = {"count": np.float32(len(indices)), "nonfinite_steps": np.int32(0),
-                "first_nonfinite_step": np.int32(2 ** 31 - 1),
-                "confusion": np.eye(2, dtype=np.float32)}
-        return state, sums
-
-    def epoch_batches(epoch):
-        seen.clear()
-        experiment._train_epoch(run, recording_step, epoch)
-        return np.concatenate(seen)
 
     def rows_of(batches, features):
         return [bool(np.any(np.all(row == features, axis=(1, 2, 3)))) for row in batches]
 
-    first, second, again = map(epoch_batches, (0, 1, 0))
+    first, second, again = (np.concatenate(r) for r in _recorded_epochs(
+        run, (0, 1, 0), lambda split, indices, key: np.asarray(split.features)[indices]))
     fresh = [datasets.fresh_training_split(
         run.dataset, datasets.online_key(jax.random.key(config.data.data_seed), epoch)).features
         for epoch in (0, 1)]
