@@ -77,6 +77,9 @@ class TrainConfig:
         stored training split (same size, frames and physics) from
         `data_seed` and the epoch, and normalised with the stored split's
         statistics; validation and test stay the stored splits.
+      augment: give every training trajectory a random exact symmetry each
+        epoch (`simulators.symmetries`): a relabelling of its objects and, for
+        springs and charged, one of the box's 8 rotations and reflections.
       n_devices: devices to shard the batch over; None uses all visible ones.
     """
 
@@ -93,6 +96,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     online_data: bool = False
+    augment: bool = False
     n_devices: int | None = None
 
     def __post_init__(self):

@@ -31,7 +31,7 @@ from nri_jax import checkpointing, configs, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI
-from simulators import datasets, formats, systems
+from simulators import datasets, formats, symmetries, systems
 
 CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -345,15 +345,28 @@ def _resume(run: Run) -> tuple[int, float]:
     return meta["epoch"], meta["best_valid_nll"]
 
 
+def _epoch_split(run: Run, epoch: int) -> data_lib.Split:
+    """The training split of one epoch, fresh and/or transformed, placed on the mesh."""
+    split = run.dataset.train
+    if run.config.train.online_data:
+        key = datasets.online_key(jax.random.key(run.config.data.data_seed), epoch)
+        split = datasets.fresh_training_split(run.dataset, key)
+    if run.config.train.augment:
+        key = jax.random.fold_in(jax.random.fold_in(run.key, 4), epoch)
+        split = symmetries.augment_split(split, key, system=run.dataset.system,
+                                         stats=run.dataset.stats)
+    return data_lib.put_split(split.features, split.labels, run.mesh)
+
+
 def _train_epoch(run: Run, train_step, epoch: int) -> dict:
     """One pass over the shuffled training split; one host synchronisation at the end.
 
-    With `online_data` the split is first replaced by the epoch's fresh trajectories.
+    With `online_data` the split is first replaced by the epoch's fresh trajectories;
+    with `augment` by a randomly transformed copy of them (or of the stored split).
     """
-    if run.config.train.online_data:
-        key = datasets.online_key(jax.random.key(run.config.data.data_seed), epoch)
-        fresh = datasets.fresh_training_split(run.dataset, key)
-        run.splits["train"] = data_lib.put_split(fresh.features, fresh.labels, run.mesh)
+    tc = run.config.train
+    if tc.online_data or tc.augment:
+        run.splits["train"] = _epoch_split(run, epoch)
     epoch_key = jax.random.fold_in(jax.random.fold_in(run.key, 1), epoch)
     shuffle_key, step_key = jax.random.split(epoch_key)
     batches = data_lib.shuffled_batches(shuffle_key, run.sizes["train"],

@@ -209,6 +209,36 @@ def test_online_data_trains_on_fresh_trajectories_each_epoch(tiny, tmp_path):
     assert np.isfinite(report["nll"]) and len(report["mse_by_horizon"]) == 20
 
 
+def test_augment_trains_on_transformed_trajectories_each_epoch(tiny):
+    """--augment: each epoch's batches are symmetric images of the stored trajectories they
+    index (the same images for the same epoch), new ones every epoch."""
+    config, root, _ = tiny
+    run = experiment.load_run(root / "run", splits=("train",))
+    run.config = configs.override(config, augment=True)
+    stats = run.dataset.stats
+    stored = datasets.denormalise(np.asarray(run.dataset.train.features, np.float64), stats)
+
+    def radii(features):  # per trajectory: sorted |x| and |v|, invariant under the symmetries
+        return np.sort(np.hypot(features[..., 0::2], features[..., 1::2]).reshape(
+            len(features), -1), axis=1)
+
+    first, second, again = ([(np.asarray(f, np.float64), i) for f, i in r]
+                            for r in _recorded_epochs(run, (0, 1, 0), lambda split, indices, key: (
+                                np.asarray(split.features)[indices], indices)))
+    for epoch in (first, second):
+        for features, indices in epoch:
+            physical = datasets.denormalise(features, stats)
+            np.testing.assert_allclose(radii(physical), radii(stored[indices]), atol=1e-4)
+            assert not np.allclose(physical, stored[indices], atol=1e-3)
+    for (a, _), (b, _) in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    images = [{int(i): row for features, indices in epoch for i, row in zip(indices, features)}
+              for epoch in (first, second)]
+    common = sorted(set(images[0]) & set(images[1]))
+    assert common and sum(not np.array_equal(images[0][i], images[1][i]) for i in common) \
+        > 0.8 * len(common)  # another symmetry for most trajectories in the next epoch
+
+
 def test_evaluate_writes_plots(tiny):
     _, root, _ = tiny
     assert evaluate.main([str(root / "run"), "--out", str(root / "plots.json"), "--plots"]) == 0
