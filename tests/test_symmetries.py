@@ -1,7 +1,6 @@
 """Symmetries: a transformed trajectory is a trajectory of the same system, transformed graph."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
