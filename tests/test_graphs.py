@@ -123,3 +123,61 @@ def test_graphs_tuple_agrees_with_batched_layout():
                                graphs.edge_to_node(batched, receivers, n), rtol=1e-6, atol=2e-6)
     with pytest.raises(ValueError, match="nodes"):
         graphs.fully_connected_graphs(nodes[0])
+
+
+def _numpy_gather_and_transpose(x, c, index):
+    """x[..., index, :] and its VJP applied to c: the cotangent summed back per node."""
+    back = np.zeros_like(x)
+    for e, node in enumerate(index):
+        back[..., node, :] += c[..., e, :]
+    return x[..., index, :], back
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_dense_fully_connected_path_against_numpy_and_the_segment_path(x64, n):
+    """Values and gradients of the dense path (host index) against float64 NumPy loops
+    and against the general path (the same index as a jax array: jnp.take, segment_sum)."""
+    rng = np.random.default_rng(6)
+    senders, receivers = graphs.fully_connected_index(n)
+    nodes = rng.normal(size=(2, 3, n, 4))
+    edges = rng.normal(size=(2, 3, n * (n - 1), 4))
+    c_edges, c_nodes = rng.normal(size=edges.shape), rng.normal(size=nodes.shape)
+    ops = {  # name: (fn(x, index), input, cotangent, index)
+        "senders": (graphs.gather_senders, nodes, c_edges, senders),
+        "receivers": (graphs.gather_receivers, nodes, c_edges, receivers),
+        "sum": (lambda e, r: graphs.edge_to_node(e, r, n), edges, c_nodes, receivers),
+        "mean": (lambda e, r: graphs.edge_to_node(e, r, n, reduce="mean"), edges, c_nodes,
+                 receivers),
+    }
+    for name, (fn, x, c, index) in ops.items():
+        if name in ("senders", "receivers"):
+            want, want_grad = _numpy_gather_and_transpose(x, c, index)
+        else:  # the sum over incoming edges is the transpose of the receiver gather
+            want_grad, want = _numpy_gather_and_transpose(c, x, index)
+            if name == "mean":
+                want, want_grad = want / (n - 1), want_grad / (n - 1)
+        for idx in (index, jnp.asarray(index)):  # dense path, then the general one
+            value, vjp = jax.vjp(jax.jit(lambda x, idx=idx: fn(x, idx)), jnp.asarray(x))
+            np.testing.assert_allclose(value, want, rtol=1e-12, atol=1e-12, err_msg=name)
+            np.testing.assert_allclose(vjp(jnp.asarray(c))[0], want_grad, rtol=1e-12,
+                                       atol=1e-12, err_msg=name)
+
+
+def test_dense_path_is_taken_for_the_host_index_only():
+    """The dense path leaves no gather or scatter in the program; the general one does."""
+    senders, receivers = graphs.fully_connected_index(5)
+    x = jnp.ones((2, 5, 3))
+
+    def program(idx_s, idx_r):
+        loss = lambda x: jnp.sum(graphs.edge_to_node(
+            graphs.gather_senders(x, idx_s) * graphs.gather_receivers(x, idx_r), idx_r, 5))
+        return jax.jit(jax.grad(loss)).lower(x).as_text()
+
+    dense, general = program(senders, receivers), program(jnp.asarray(senders),
+                                                          jnp.asarray(receivers))
+    assert "gather" not in dense and "scatter" not in dense
+    assert "gather" in general and "scatter" in general
+    big = graphs.DENSE_MAX_OBJECTS + 1
+    s_big, _ = graphs.fully_connected_index(big)
+    assert "gather" in jax.jit(lambda x: graphs.gather_senders(x, s_big)).lower(
+        jnp.ones((big, 1))).as_text()
