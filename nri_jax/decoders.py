@@ -22,10 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
 from nri_jax.nn import MessageGRUCell, check_compute_dtype, matmul, torch_dense, torch_uniform
+
+# Divisors of the recurrent decoder's summed incoming messages (RNNDecoder.message_scale).
+RNN_MESSAGE_SCALES = ("incoming", "state_dims")
 
 
 def _maybe_remat(step_cls, remat: bool):
@@ -38,6 +42,36 @@ def _maybe_remat(step_cls, remat: bool):
     """
     return nn.remat(step_cls, policy=jax.checkpoint_policies.nothing_saveable) if remat \
         else step_cls
+
+
+def _decoder_fields(config) -> dict:
+    """The keyword arguments every decoder takes, from a `model.ModelConfig`."""
+    return dict(hidden=config.decoder_hidden, n_edge_types=config.n_edge_types,
+                skip_first=config.skip_first, dropout=config.decoder_dropout,
+                compute_dtype=config.compute_dtype, remat=config.remat,
+                chunk_size=config.decoder_chunk_size)
+
+
+def batch_chunks(batch: int, chunk_size: int | None) -> int:
+    """How many chunks a batch of `batch` examples is decoded in, one after the other.
+
+    The most chunks, dividing `batch` evenly, of at least `chunk_size` examples
+    each (at least one chunk); None: one chunk, the whole batch.
+    """
+    if chunk_size is None:
+        return 1
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    return max(c for c in range(1, max(batch // chunk_size, 1) + 1) if batch % c == 0)
+
+
+def _split_chunks(x: jax.Array, chunks: int) -> jax.Array:
+    """[B, ...] -> [B / C, C, ...]: chunk c holds examples c, C + c, 2C + c, ...
+
+    Strided, so that a batch sharded in contiguous blocks over devices gives
+    every chunk the same share of every device.
+    """
+    return x.reshape((x.shape[0] // chunks, chunks) + x.shape[1:])
 
 
 def one_hot_edges(labels: jax.Array, n_types: int) -> jax.Array:
@@ -112,8 +146,9 @@ class TypedMessages(nn.Module):
         messages = 0.0
         for t in range(1 if self.skip_first else 0, k):
             # Concatenation order [sender, receiver] as in graphs.node_to_edge.
-            first = (jnp.take(matmul(nodes, w1[t, :f], self.compute_dtype), senders, axis=-2)
-                     + jnp.take(matmul(nodes, w1[t, f:], self.compute_dtype), receivers, axis=-2))
+            first = (graphs.gather_senders(matmul(nodes, w1[t, :f], self.compute_dtype), senders)
+                     + graphs.gather_receivers(matmul(nodes, w1[t, f:], self.compute_dtype),
+                                               receivers))
             hidden = dropout(self.activation(_add_bias(first, b1[t])), deterministic=not train)
             second = self.activation(_add_bias(matmul(hidden, w2[t], self.compute_dtype), b2[t]))
             messages = messages + second * edges[..., t:t + 1]
@@ -146,9 +181,18 @@ class _MLPDecoderStep(nn.Module):
     train: bool
     compute_dtype: str = "float32"
 
+    steps: int = 1
+
     @nn.compact
-    def __call__(self, x: jax.Array, edges: jax.Array):
-        """x [..., N, D] (carry), edges [..., E, K] -> (x_next, x_next)."""
+    def __call__(self, x: jax.Array, iteration: jax.Array, starts: jax.Array, edges: jax.Array):
+        """One step of one batch chunk (`chunked_rollout`'s iteration order).
+
+        x [b, blocks, N, D] (carry), iteration: the scan index; starts [b, C,
+        blocks, N, D] and edges [b, C, 1, E, K] of all C chunks -> (x_next, x_next).
+        """
+        chunk, s = iteration // self.steps, iteration % self.steps
+        x = jnp.where(s == 0, lax.dynamic_index_in_dim(starts, chunk, 1, keepdims=False), x)
+        edges = lax.dynamic_index_in_dim(edges, chunk, 1, keepdims=False)
         n = x.shape[-2]
         _, receivers = graphs.fully_connected_index(n)
         messages = TypedMessages(self.hidden, self.n_edge_types, self.skip_first, nn.relu,
@@ -185,6 +229,12 @@ class MLPDecoder(nn.Module):
     dropout: float = 0.0
     compute_dtype: str = "float32"
     remat: bool = False
+    chunk_size: int | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "MLPDecoder":
+        """The decoder a `model.ModelConfig` describes."""
+        return cls(**_decoder_fields(config))
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
@@ -203,13 +253,18 @@ class MLPDecoder(nn.Module):
                              f"shape {inputs.shape}, prediction_steps={prediction_steps}")
         steps, n_blocks = min(prediction_steps, t - 1), math.ceil((t - 1) / prediction_steps)
         starts = jnp.swapaxes(inputs[:, :, :n_blocks * prediction_steps:prediction_steps], 1, 2)
+        chunks = batch_chunks(b, self.chunk_size)
+        starts, chunk_edges = _split_chunks(starts, chunks), _split_chunks(edges[:, None], chunks)
         rollout = nn.scan(_maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
-                          in_axes=nn.broadcast,
-                          split_rngs={"params": False, "dropout": True}, length=steps)
+                          in_axes=(0, nn.broadcast, nn.broadcast),
+                          split_rngs={"params": False, "dropout": True}, length=chunks * steps)
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
-                        self.compute_dtype, name="step")(starts, edges[:, None])
-        # ys [S, B, blocks, N, D]: entry (s, block) predicts frame block * P + s + 1.
-        predictions = jnp.transpose(ys, (1, 3, 2, 0, 4)).reshape(b, n, n_blocks * steps, d)
+                        self.compute_dtype, steps, name="step")(
+            starts[:, 0], jnp.arange(chunks * steps), starts, chunk_edges)
+        # ys [C * S, b, blocks, N, D]: entry (c * S + s, r, block) is example r * C + c's
+        # prediction of frame block * P + s + 1.
+        ys = ys.reshape((chunks, steps) + ys.shape[1:])
+        predictions = jnp.transpose(ys, (2, 0, 4, 3, 1, 5)).reshape(b, n, n_blocks * steps, d)
         return predictions[:, :, :t - 1]
 
 
@@ -222,22 +277,31 @@ class _RNNDecoderStep(nn.Module):
     dropout: float
     train: bool
     compute_dtype: str = "float32"
+    message_scale: str = "incoming"
 
     @nn.compact
     def __call__(self, carry, xs, edges: jax.Array):
-        """carry (hidden [B, N, H], last prediction [B, N, D]); xs (frame [B, N, D], use it?)."""
+        """One step of one batch chunk (chunk-major iteration order).
+
+        carry (hidden [b, N, H], last prediction [b, N, D]); xs (frame [b, N, D],
+        use the frame?, first step of a chunk?, chunk index); edges [b, C, E, K]
+        of all C chunks.
+        """
         hidden, last_prediction = carry
-        frame, use_frame = xs
+        frame, use_frame, first, chunk = xs
+        hidden = jnp.where(first, jnp.zeros_like(hidden), hidden)  # a new chunk starts afresh
+        edges = lax.dynamic_index_in_dim(edges, chunk, 1, keepdims=False)
         x = jnp.where(use_frame, frame, last_prediction)
         n = x.shape[-2]
         _, receivers = graphs.fully_connected_index(n)
         typed = TypedMessages(self.hidden, self.n_edge_types, self.skip_first, jnp.tanh,
                               self.dropout, self.compute_dtype, name="messages")
-        # Reference normalisation: average over the active types, then over the
-        # N-1 incoming edges (see RNNDecoder for the departure in the divisor).
+        # Average over the active types, then divide the sum over incoming edges
+        # by N-1 or, as the reference, by D (RNNDecoder.message_scale).
         messages = typed(hidden, edges, train=self.train) / typed.n_active_types
+        divisor = n - 1 if self.message_scale == "incoming" else x.shape[-1]
         incoming = graphs.edge_to_node(messages, receivers, n, reduce="sum",
-                                       indices_are_sorted=True) / (n - 1)
+                                       indices_are_sorted=True) / divisor
         hidden = MessageGRUCell(self.hidden, self.compute_dtype, name="gru")(x, incoming, hidden)
         prediction = x + _output_mlp(hidden, self.hidden, x.shape[-1], self.dropout, self.train,
                                      self.compute_dtype)
@@ -253,9 +317,11 @@ class RNNDecoder(nn.Module):
     at step s is the ground-truth frame s for s < burn_in_steps and the previous
     prediction afterwards; `lax.scan` over the T-1 steps.
 
-    Departure: the reference divides the aggregated message by the size of the
-    input's last axis (D, a bug meant as "average"); this divides by the number
-    of incoming edges N-1, the same number at the paper's N=5, D=4.
+    `message_scale` is the divisor of the sum of incoming messages:
+    "incoming" (the default) divides by the number of incoming edges N-1, an
+    average; "state_dims" divides by the state dimension D, as the reference
+    does (its code divides by the size of the input's last axis, meant as an
+    average). The two agree at the paper's N=5, D=4 and differ at N=10 (9 vs 4).
     `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
     `remat` recomputes each step's activations in the backward pass instead of
     storing them (less memory, more arithmetic).
@@ -267,6 +333,13 @@ class RNNDecoder(nn.Module):
     dropout: float = 0.0
     compute_dtype: str = "float32"
     remat: bool = False
+    message_scale: str = "incoming"
+    chunk_size: int | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "RNNDecoder":
+        """The decoder a `model.ModelConfig` describes."""
+        return cls(**_decoder_fields(config), message_scale=config.rnn_message_scale)
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
@@ -285,6 +358,9 @@ class RNNDecoder(nn.Module):
         check_trajectories(inputs)
         check_edges(edges, inputs, self.n_edge_types)
         check_compute_dtype(self.compute_dtype)
+        if self.message_scale not in RNN_MESSAGE_SCALES:
+            raise ValueError(f"message_scale must be one of {RNN_MESSAGE_SCALES}, "
+                             f"got {self.message_scale!r}")
         b, n, t, d = inputs.shape
         if t < 2:
             raise ValueError(f"inputs must have T >= 2 frames, got shape {inputs.shape}")
@@ -292,12 +368,21 @@ class RNNDecoder(nn.Module):
             burn_in_steps = max(t - prediction_steps, 1)
         if burn_in_steps < 1:
             raise ValueError(f"burn_in_steps must be >= 1, got {burn_in_steps}")
-        frames = jnp.moveaxis(inputs[:, :, :t - 1], 2, 0)  # [T-1, B, N, D], time leading for scan
-        use_frame = jnp.asarray(np.arange(t - 1) < burn_in_steps)
-        carry = (jnp.zeros((b, n, self.hidden), inputs.dtype), jnp.zeros_like(inputs[:, :, 0]))
+        chunks, steps = batch_chunks(b, self.chunk_size), t - 1
+        # Iteration c * (T-1) + s is step s of chunk c: frames [C * (T-1), b, N, D].
+        frames = jnp.moveaxis(_split_chunks(inputs[:, :, :steps], chunks), (1, 3), (0, 1))
+        frames = frames.reshape((chunks * steps,) + frames.shape[2:])
+        step_of = np.tile(np.arange(steps), chunks)
+        xs = (frames, jnp.asarray(step_of < burn_in_steps), jnp.asarray(step_of == 0),
+              jnp.asarray(np.repeat(np.arange(chunks, dtype=np.int32), steps)))
+        carry = (jnp.zeros((b // chunks, n, self.hidden), inputs.dtype),
+                 jnp.zeros_like(frames[0]))
         rollout = nn.scan(_maybe_remat(_RNNDecoderStep, self.remat), variable_broadcast="params",
-                          in_axes=(0, nn.broadcast), length=t - 1,
+                          in_axes=(0, nn.broadcast), length=chunks * steps,
                           split_rngs={"params": False, "dropout": True})
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
-                        self.compute_dtype, name="step")(carry, (frames, use_frame), edges)
-        return jnp.moveaxis(ys, 0, 2)
+                        self.compute_dtype, self.message_scale, name="step")(
+            carry, xs, _split_chunks(edges, chunks))
+        # ys [C * (T-1), b, N, D] -> [b, C, N, T-1, D] -> [B, N, T-1, D], example r * C + c.
+        ys = ys.reshape((chunks, steps) + ys.shape[1:])
+        return jnp.transpose(ys, (2, 0, 3, 1, 4)).reshape(b, n, steps, d)

@@ -26,6 +26,13 @@ _POOL = 2
 MIN_CNN_FRAMES = (_CONV_KERNEL - 1) + _POOL * _CONV_KERNEL
 
 
+def _encoder_fields(config) -> dict:
+    """The keyword arguments every encoder takes, from a `model.ModelConfig`."""
+    return dict(hidden=config.encoder_hidden, n_edge_types=config.n_edge_types,
+                dropout=config.encoder_dropout, factor=config.factor,
+                compute_dtype=config.compute_dtype)
+
+
 def check_trajectories(inputs: jax.Array, name: str = "inputs") -> None:
     """Raises ValueError unless `inputs` is [B, N, T, D] with N >= 2 objects."""
     if inputs.ndim != 4:
@@ -78,6 +85,11 @@ class MLPEncoder(nn.Module):
     dropout: float = 0.0
     factor: bool = True
     compute_dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config) -> "MLPEncoder":
+        """The encoder a `model.ModelConfig` describes."""
+        return cls(**_encoder_fields(config))
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:
@@ -178,6 +190,11 @@ class CNNEncoder(nn.Module):
     dropout: float = 0.0
     factor: bool = True
     compute_dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config) -> "CNNEncoder":
+        """The encoder a `model.ModelConfig` describes."""
+        return cls(**_encoder_fields(config))
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, train: bool) -> jax.Array:

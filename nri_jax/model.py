@@ -44,6 +44,15 @@ class ModelConfig:
         products (encoder MLPs / convolutions, message and output MLPs, GRU),
         which accumulate in float32 either way. Parameters, optimiser state,
         BatchNorm, the residual update, sampling and losses stay float32.
+      rnn_message_scale: the recurrent decoder's divisor of the summed incoming
+        messages: "incoming" (N-1, an average) or "state_dims" (D, as the
+        reference; the paper presets use it). Equal at N=5, D=4.
+      decoder_chunk_size: decode the batch in chunks of at least this many
+        examples, one chunk after the other inside the decoder's scan (the
+        most chunks that divide the batch evenly; None: the whole batch at
+        once). Results are the same up to the order of float sums; on a CPU a
+        chunk's activations stay in the caches (BENCHMARKS.md, "Decoding the
+        batch in chunks"); an accelerator wants the whole batch.
       remat: recompute the decoder's per-step activations in the backward pass
         instead of storing them (the default). It costs about a third more
         decoder arithmetic and saves more time than that: without it every
@@ -68,6 +77,8 @@ class ModelConfig:
     hard: bool = False
     compute_dtype: str = "float32"
     remat: bool = True
+    rnn_message_scale: str = "incoming"
+    decoder_chunk_size: int | None = None
 
     def __post_init__(self):
         checks = [
@@ -81,6 +92,10 @@ class ModelConfig:
             ("tau", self.tau > 0, "> 0"),
             ("compute_dtype", self.compute_dtype in COMPUTE_DTYPES,
              f"one of {sorted(COMPUTE_DTYPES)}"),
+            ("rnn_message_scale", self.rnn_message_scale in decoders.RNN_MESSAGE_SCALES,
+             f"one of {decoders.RNN_MESSAGE_SCALES}"),
+            ("decoder_chunk_size", self.decoder_chunk_size is None or self.decoder_chunk_size > 0,
+             "positive or None"),
         ]
         for name, ok, requirement in checks:
             if not ok:
@@ -111,11 +126,8 @@ class NRI(nn.Module):
 
     def setup(self):
         c = self.config
-        self.encoder = ENCODERS[c.encoder](c.encoder_hidden, c.n_edge_types, c.encoder_dropout,
-                                           c.factor, compute_dtype=c.compute_dtype)
-        self.decoder = DECODERS[c.decoder](c.decoder_hidden, c.n_edge_types, c.skip_first,
-                                           c.decoder_dropout, compute_dtype=c.compute_dtype,
-                                           remat=c.remat)
+        self.encoder = ENCODERS[c.encoder].from_config(c)
+        self.decoder = DECODERS[c.decoder].from_config(c)
 
     def __call__(self, inputs: jax.Array, *, train: bool, decoder_inputs: jax.Array | None = None,
                  edges: jax.Array | None = None, prediction_steps: int = 10,

@@ -41,10 +41,25 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """`learning_rate` multiplied by `lr_decay_factor` every `lr_decay_every` epochs."""
-    return optax.exponential_decay(
-        cfg.learning_rate, transition_steps=cfg.lr_decay_every * steps_per_epoch,
-        decay_rate=cfg.lr_decay_factor, staircase=True)
+    """The learning rate at each step.
+
+    A linear warm-up from 0 over `warmup_epochs`, then `lr_schedule`: "step"
+    multiplies `learning_rate` by `lr_decay_factor` every `lr_decay_every`
+    epochs (the reference); "cosine" decays it to 0 along a half cosine over
+    the remaining epochs of the run.
+    """
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.lr_schedule == "step":
+        decay = optax.exponential_decay(
+            cfg.learning_rate, transition_steps=cfg.lr_decay_every * steps_per_epoch,
+            decay_rate=cfg.lr_decay_factor, staircase=True)
+    else:
+        decay = optax.cosine_decay_schedule(
+            cfg.learning_rate, decay_steps=(cfg.epochs - cfg.warmup_epochs) * steps_per_epoch)
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), decay],
+                                [warmup])
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:

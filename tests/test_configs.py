@@ -21,6 +21,10 @@ def test_paper_presets_follow_the_reference():
     assert c.train.variance == 5e-5 and c.model.tau == 0.5 and c.train.prediction_steps == 10
     assert configs.get_preset("kuramoto10").train.variance == 1e-2
     assert configs.get_preset("charged10").data.n_objects == 10
+    # The reference's RNN decoder: ground truth while step <= 49 - 10 (40 inputs),
+    # the summed messages divided by the state dimension.
+    assert c.train.burn_in_steps == len([s for s in range(48) if s <= 49 - 10])
+    assert c.model.rnn_message_scale == "state_dims"
 
 
 def test_field_names_are_unique_across_parts():

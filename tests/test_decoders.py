@@ -55,15 +55,17 @@ def _mlp_decoder_reference(p, x, edges, prediction_steps, skip_first):
     return np.stack(predictions, axis=2)
 
 
-def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size):
+def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size, divisor=None):
+    """divisor of the summed incoming messages: N-1 by default."""
     p = p["step"]
     b, n, t, d = x.shape
     n_types = edges.shape[-1] - (1 if skip_first else 0)
+    divisor = n - 1 if divisor is None else divisor
     hidden = np.zeros((b, n, hidden_size))
     predictions = []
     for s in range(t - 1):
         inp = x[:, :, s] if s < burn_in else predictions[-1]
-        msg = _messages(p["messages"], hidden, edges, np.tanh, skip_first) / n_types / (n - 1)
+        msg = _messages(p["messages"], hidden, edges, np.tanh, skip_first) / n_types / divisor
         xi = inp @ p["gru"]["input"]["kernel"] + p["gru"]["input"]["bias"]
         mm = msg @ p["gru"]["message"]["kernel"]
         h = hidden_size
@@ -105,19 +107,21 @@ def test_mlp_decoder_matches_reference(x64, shape, k, steps, skip_first):
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, k, burn_in, skip_first", [
-    ((2, 3, 7, 2), 2, 4, False),
-    ((1, 4, 5, 3), 3, None, True),  # default burn-in T - prediction_steps (clipped to 1)
+@pytest.mark.parametrize("shape, k, burn_in, skip_first, scale", [
+    ((2, 3, 7, 2), 2, 4, False, "incoming"),
+    ((1, 4, 5, 3), 3, None, True, "incoming"),  # default burn-in T - prediction_steps (>= 1)
+    ((2, 4, 6, 2), 2, 3, False, "state_dims"),  # the reference's divisor D = 2, not N-1 = 3
 ])
-def test_rnn_decoder_matches_reference(x64, shape, k, burn_in, skip_first):
-    decoder = decoders.RNNDecoder(hidden=5, n_edge_types=k, skip_first=skip_first, dropout=0.5)
+def test_rnn_decoder_matches_reference(x64, shape, k, burn_in, skip_first, scale):
+    decoder = decoders.RNNDecoder(hidden=5, n_edge_types=k, skip_first=skip_first, dropout=0.5,
+                                  message_scale=scale)
     x, edges = _inputs(shape, k, np.float64)
     variables = _numpy_variables(decoder, x, edges, train=False)
     out = _apply(decoder, prediction_steps=10, burn_in_steps=burn_in)(variables, x, edges)
     expected_burn_in = burn_in if burn_in is not None else max(shape[2] - 10, 1)
     expected = _rnn_decoder_reference(_np(variables["params"]), np.asarray(x),
                                       np.asarray(edges, np.float64), expected_burn_in,
-                                      skip_first, 5)
+                                      skip_first, 5, None if scale == "incoming" else shape[3])
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -211,3 +215,34 @@ def test_remat_changes_memory_not_results(decoder_cls):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for g, w in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
+@pytest.mark.parametrize("chunk_size", [1, 2, 3])
+def test_batch_chunks_change_the_order_of_work_not_results(x64, decoder_cls, chunk_size):
+    """Decoding the batch in chunks one after the other (strided examples, states reset
+    per chunk) gives the unchunked predictions and gradients, in float64 to round-off."""
+    whole = decoder_cls(hidden=6, n_edge_types=2, remat=True)
+    chunked = decoder_cls(hidden=6, n_edge_types=2, remat=True, chunk_size=chunk_size)
+    x, edges = _inputs((6, 3, 7, 2), 2, np.float64, seed=9)
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                             _numpy_variables(whole, x, edges, train=False))
+
+    def value_and_grads(decoder):
+        loss = lambda v, e: jnp.sum(jnp.sin(decoder.apply(
+            v, x, e, train=False, prediction_steps=3, burn_in_steps=4)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, edges)
+
+    assert decoders.batch_chunks(6, chunk_size) == {1: 6, 2: 3, 3: 2}[chunk_size]
+    (want, want_grads), (got, got_grads) = value_and_grads(whole), value_and_grads(chunked)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for g, w in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads)):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_chunks_divide_the_batch():
+    assert [decoders.batch_chunks(128, s) for s in (None, 128, 64, 32, 48, 200)] == \
+        [1, 1, 2, 4, 2, 1]
+    assert decoders.batch_chunks(10, 3) == 2 and decoders.batch_chunks(7, 2) == 1
+    with pytest.raises(ValueError, match="chunk_size"):
+        decoders.batch_chunks(8, 0)

@@ -18,6 +18,7 @@ TINY = dict(encoder_hidden=8, decoder_hidden=8)
 @pytest.mark.parametrize("field, value", [
     ("n_edge_types", 1), ("encoder", "gnn"), ("decoder", "lstm"), ("encoder_hidden", 0),
     ("decoder_hidden", -1), ("encoder_dropout", 1.0), ("decoder_dropout", -0.1), ("tau", 0.0),
+    ("rnn_message_scale", "edges"), ("decoder_chunk_size", 0),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"{field}.*{value}"):
@@ -99,6 +100,8 @@ def test_training_samples_use_the_configured_temperature():
 @pytest.mark.parametrize("config", [
     ModelConfig(n_edge_types=3, factor=False, skip_first=True, compute_dtype="bfloat16", **TINY),
     ModelConfig(encoder="cnn", decoder="rnn", skip_first=True, compute_dtype="bfloat16", **TINY),
+    ModelConfig(decoder="rnn", rnn_message_scale="state_dims", decoder_chunk_size=1, **TINY),
+    ModelConfig(decoder_chunk_size=1, **TINY),
 ])
 def test_config_fields_reach_the_encoder_and_decoder(config):
     """NRI(config) computes what an encoder and a decoder built from the config's fields compute.
@@ -111,11 +114,13 @@ def test_config_fields_reach_the_encoder_and_decoder(config):
     encoder = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}[c.encoder](
         hidden=c.encoder_hidden, n_edge_types=c.n_edge_types, dropout=c.encoder_dropout,
         factor=c.factor, compute_dtype=c.compute_dtype)
+    rnn_only = {"message_scale": c.rnn_message_scale} if c.decoder == "rnn" else {}
     decoder = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}[c.decoder](
         hidden=c.decoder_hidden, n_edge_types=c.n_edge_types, skip_first=c.skip_first,
-        dropout=c.decoder_dropout, compute_dtype=c.compute_dtype, remat=c.remat)
-    x = _normal((2, 3, 14, 2), 11)
-    edges = jax.nn.softmax(_normal((2, 6, c.n_edge_types), 12))  # every type carries weight
+        dropout=c.decoder_dropout, compute_dtype=c.compute_dtype, remat=c.remat,
+        chunk_size=c.decoder_chunk_size, **rnn_only)
+    x = _normal((2, 4, 14, 2), 11)  # N-1 != D: the two RNN message scales differ
+    edges = jax.nn.softmax(_normal((2, 12, c.n_edge_types), 12))  # every type carries weight
     model = NRI(config)
     variables = _numpy_variables(model, x, train=False)
     part = lambda name: {col: tree[name] for col, tree in variables.items() if name in tree}

@@ -200,6 +200,25 @@ def test_optimizer_follows_the_decay_schedule():
                                rtol=np.finfo(np.float32).eps / (1 - 0.999))
 
 
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("cosine", 2), ("step", 1)])
+def test_learning_rate_schedules_with_warm_up(schedule, warmup):
+    cfg = configs.TrainConfig(epochs=6, learning_rate=4e-3, lr_schedule=schedule,
+                              warmup_epochs=warmup, lr_decay_every=2, lr_decay_factor=0.5)
+    steps_per_epoch = 5
+    t = np.arange(cfg.epochs * steps_per_epoch + 1)
+    after = np.maximum(t - warmup * steps_per_epoch, 0)  # steps since the warm-up ended
+    if schedule == "cosine":
+        total = (cfg.epochs - warmup) * steps_per_epoch
+        expected = 4e-3 * 0.5 * (1 + np.cos(np.pi * after / total))
+    else:
+        expected = 4e-3 * 0.5 ** (after // (2 * steps_per_epoch))
+    if warmup:
+        ramp = t < warmup * steps_per_epoch
+        expected[ramp] = 4e-3 * t[ramp] / (warmup * steps_per_epoch)
+    got = jax.vmap(training.learning_rate_schedule(cfg, steps_per_epoch))(jnp.asarray(t))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
 def test_validation_nll_is_of_one_step_predictions(setup):
     """The eval step scores each frame predicted from the ground-truth frame before it,
     whatever prediction_steps training uses (5 here)."""
