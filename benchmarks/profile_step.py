@@ -26,105 +26,30 @@ import collections
 import glob
 import gzip
 import json
-import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hlo import (CONTAINERS, called_instructions, parse_hlo, plain_product_rates,  # noqa: E402
+                 product_flops, thunk_bytes)
 from train_throughput import build, step_arguments  # noqa: E402
 
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
-               "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-_ARRAY = re.compile(r"\b(pred|[fsu]\d+|bf16)\[([\d,]*)\]")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
-CONTAINERS = ("while", "conditional", "call")
 CLASSES = ("forward products", "backward products", "gathers", "scatters", "BatchNorm",
            "conversions", "layout copies", "scan bookkeeping", "elementwise + reductions")
 
 
-def _arrays(type_text: str) -> list[tuple[str, tuple[int, ...]]]:
-    """Every array in an HLO type (one, or several in a tuple): (dtype, dims)."""
-    return [(d, tuple(int(x) for x in dims.split(",") if x))
-            for d, dims in _ARRAY.findall(type_text)]
-
-
-def _bytes(type_text: str) -> int:
-    return sum(DTYPE_BYTES.get(d, 4) * math.prod(dims) for d, dims in _arrays(type_text))
-
-
-def _split_type(rest: str) -> tuple[str, str]:
-    """'f32[2]{0} add(...)...' or '(f32[2], s32[]) while(...)' -> (type, the rest)."""
-    if rest.startswith("("):
-        depth = 0
-        for i, ch in enumerate(rest):
-            depth += ch == "("
-            depth -= ch == ")"
-            if depth == 0:
-                return rest[:i + 1], rest[i + 1:].lstrip()
-    type_text, _, tail = rest.partition(" ")
-    return type_text, tail
-
-
-def parse_hlo(text: str) -> tuple[dict, dict]:
-    """HLO text -> (instructions by name, instruction names by computation)."""
-    instructions, computations, current = {}, collections.defaultdict(list), None
-    for line in text.splitlines():
-        match = _INSTRUCTION.match(line)
-        if not match:
-            heading = _COMPUTATION.match(line)
-            if heading and line.rstrip().endswith("{"):
-                current = heading.group(1)
-            continue
-        name = match.group(1)
-        type_text, tail = _split_type(line[match.end():])
-        opcode = tail.split("(", 1)[0]
-        operands = tail[len(opcode) + 1:].split(")", 1)[0]
-        calls = re.search(r"calls=%([\w.\-]+)", tail)
-        op_name = re.search(r'op_name="([^"]*)"', tail)
-        instructions[name] = {
-            "name": name, "type": type_text, "opcode": opcode, "line": tail,
-            "operands": re.findall(r"%([\w.\-]+)", operands),
-            "calls": calls.group(1) if calls else None,
-            "op_name": op_name.group(1) if op_name else ""}
-        computations[current].append(name)
-    return instructions, computations
-
-
-def _product_flops(inst: dict, instructions: dict) -> float:
-    """2 x output size x contracted size of one dot or convolution."""
-    out = math.prod(_arrays(inst["type"])[0][1])
-    if inst["opcode"] == "dot":
-        lhs = _arrays(instructions[inst["operands"][0]]["type"])[0][1]
-        dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst["line"])
-        contracted = [int(d) for d in dims.group(1).split(",") if d] if dims else []
-        return 2.0 * out * math.prod(lhs[d] for d in contracted)
-    rhs = _arrays(instructions[inst["operands"][1]]["type"])[0][1]
-    labels = re.search(r"dim_labels=\w+_(\w+)->", inst["line"])
-    out_features = rhs[labels.group(1).index("o")] if labels else rhs[-1]
-    return 2.0 * out * math.prod(rhs) / out_features
-
-
-def _inner(inst: dict, instructions: dict, computations: dict) -> list[dict]:
-    """The instruction itself, or the instructions of the computation it calls."""
-    if inst["calls"] is None:
-        return [inst]
-    return [instructions[n] for n in computations.get(inst["calls"], [])]
-
-
 def classify(inst: dict, instructions: dict, computations: dict) -> tuple[str, float]:
     """(class, FLOPs) of one executed thunk."""
-    inner = _inner(inst, instructions, computations)
+    inner = called_instructions(inst, instructions, computations)
     opcodes = {i["opcode"] for i in inner} - {"parameter", "bitcast", "constant", "tuple",
                                                "get-tuple-element"}
     products = [i for i in inner if i["opcode"] in ("dot", "convolution")]
     if products:
         side = "backward" if "transpose(" in inst["op_name"] else "forward"
-        return f"{side} products", sum(_product_flops(i, instructions) for i in products)
+        return f"{side} products", sum(product_flops(i, instructions) for i in products)
     if "scatter" in opcodes:
         return "scatters", 0.0
     if "gather" in opcodes:
@@ -138,41 +63,6 @@ def classify(inst: dict, instructions: dict, computations: dict) -> tuple[str, f
     if opcodes <= {"copy", "transpose", "reshape"}:
         return "layout copies", 0.0
     return "elementwise + reductions", 0.0
-
-
-def _thunk_bytes(inst: dict, instructions: dict, computations: dict) -> int:
-    """Bytes read and written: operands + result, except that an in-place update of a
-    stacked scan buffer moves only its slice, and a dynamic slice reads only its result."""
-    operands = [_bytes(instructions[o]["type"]) for o in inst["operands"] if o in instructions]
-    result = _bytes(inst["type"])
-    opcodes = {i["opcode"] for i in _inner(inst, instructions, computations)}
-    if "dynamic-update-slice" in opcodes and result in operands:
-        operands.remove(result)  # the buffer is updated in place
-        return 2 * sum(operands)  # the update is read and written once
-    if "dynamic-slice" in opcodes:
-        return 2 * result
-    return sum(operands) + result
-
-
-def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of one plain [rows, width] x [width, width] product, float32 and bfloat16
-    (float32 accumulation): the CPU's ceiling at the model's shapes, measured in this run."""
-    import jax
-    import jax.numpy as jnp
-
-    rates = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        a = jnp.ones((rows, width), dtype)
-        b = jnp.ones((width, width), dtype)
-        product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-        jax.block_until_ready(product(a, b))
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(product(a, b))
-            best = min(best, time.perf_counter() - t0)
-        rates[jnp.dtype(dtype).name] = 2 * rows * width * width / best / 1e9
-    return rates
 
 
 def trace_events(trace_dir: str) -> list[tuple[str, float, float]]:
@@ -233,7 +123,7 @@ def tabulate(events: list, instructions: dict, computations: dict, steps: int):
         row = table[kind]
         row["ms"] += us / 1e3 / steps
         row["gflop"] += flops * count / steps / 1e9
-        row["mb"] += _thunk_bytes(inst, instructions, computations) * count / steps / 2 ** 20
+        row["mb"] += thunk_bytes(inst, instructions, computations) * count / steps / 2 ** 20
         row["thunks"] += 1
         ops.append({"name": name, "class": kind, "ms": us / 1e3 / steps, "calls": count / steps,
                     "shape": inst["type"][:60], "op_name": inst["op_name"][-90:]})
@@ -241,10 +131,11 @@ def tabulate(events: list, instructions: dict, computations: dict, steps: int):
 
 
 def profile(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
-            remat: bool, top: int) -> dict:
+            remat: bool, top: int, chunk_size: int | None = None) -> dict:
     import jax
 
-    step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden, 5, remat)
+    step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden, 5, remat,
+                                             chunk_size)
     compiled = step.lower(state, split, indices, key).compile()
     instructions, computations = parse_hlo(compiled.as_text())
     state, _ = _timed_steps(compiled, state, split, indices, key, 2)  # warm up
@@ -302,7 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(profile(args.child, args.compute_dtype, args.steps, args.batch,
-                                 args.hidden, args.remat, args.top)))
+                                 args.hidden, args.remat, args.top, args.chunk_size)))
         return
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_cpu_enable_xprof_traceme=true").strip()}
@@ -313,7 +204,9 @@ def main() -> None:
                 [sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
                  "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
                  str(args.hidden), "--top", str(args.top),
-                 "--remat" if args.remat else "--no-remat"],
+                 "--remat" if args.remat else "--no-remat"]
+                + ([] if args.chunk_size is None
+                   else ["--decoder-chunk-size", str(args.chunk_size)]),
                 check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             _print(results[-1])

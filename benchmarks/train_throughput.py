@@ -15,16 +15,27 @@ configuration runs R times, interleaved, and the best throughput is kept (the
 machine is shared: the best run is the least disturbed one). Data is random
 with the paper's shapes (B=128, N=5, T=49, D=4): throughput does not depend on
 the values.
+
+So that a figure explains itself on any CPU, each round first measures this CPU's
+own ceilings (a plain [100 B, H] x [H, H] product in float32 and bfloat16, the
+message MLPs' shape, and an elementwise pass that writes its output), and each
+result gives the products' FLOPs executed per sample and the bytes its thunks
+read and write (`hlo.executed_work`: loop bodies counted once per trip, the
+remat recomputation included), as rates and as fractions of those ceilings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hlo import elementwise_bandwidth, executed_work, plain_product_rates  # noqa: E402
 
 MODELS = {"mlp+mlp": ("mlp", "mlp"), "mlp+rnn": ("mlp", "rnn"), "cnn+mlp": ("cnn", "mlp")}
 REFERENCE = {"mlp+mlp": 84, "mlp+rnn": 44, "cnn+mlp": 31}  # PyTorch on a 2-core Zen 4; for
@@ -37,7 +48,7 @@ def _peak_rss_mb() -> float:
 
 
 def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_objects: int,
-          remat: bool = True):
+          remat: bool = True, chunk_size: int | None = None):
     """The jitted train step of `model_name` at springs shapes, on random data.
 
     Returns (step, state, split, indices, key): the step and its arguments.
@@ -53,7 +64,7 @@ def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_object
     config = configs.override(configs.get_preset("springs5"), encoder=encoder, decoder=decoder,
                               encoder_hidden=hidden, decoder_hidden=hidden, batch_size=batch,
                               n_objects=n_objects, compute_dtype=compute_dtype,
-                              remat=remat)
+                              remat=remat, decoder_chunk_size=chunk_size)
     key = jax.random.key(0)
     n_edges = n_objects * (n_objects - 1)
     split = data_lib.Split(jax.random.normal(key, (4 * batch, n_objects, 49, 4)),
@@ -66,16 +77,16 @@ def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_object
 
 
 def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
-            n_objects: int, remat: bool = True) -> dict:
+            n_objects: int, remat: bool = True, chunk_size: int | None = None) -> dict:
     import jax
 
     step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden,
-                                             n_objects, remat)
+                                             n_objects, remat, chunk_size)
     t0 = time.perf_counter()
     step = step.lower(state, split, indices, key).compile()
     compile_s = time.perf_counter() - t0
     rss_compiled = _peak_rss_mb()
-    flops = step.cost_analysis().get("flops", 0.0)
+    work = executed_work(step.as_text())
     memory = step.memory_analysis()
     state, sums = step(state, split, indices, key)  # warm up
     jax.block_until_ready(sums)
@@ -85,9 +96,11 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
                            jax.random.fold_in(key, i))
     jax.block_until_ready((state, sums))
     seconds = time.perf_counter() - t0
-    return {"model": model_name, "compute_dtype": compute_dtype, "remat": remat, "batch": batch,
+    return {"model": model_name, "compute_dtype": compute_dtype, "remat": remat,
+            "chunk_size": chunk_size, "batch": batch,
             "hidden": hidden, "steps": steps, "samples_per_s": steps * batch / seconds,
-            "xla_gflop_per_sample": flops / batch / 1e9, "compile_s": compile_s,
+            "gflop_per_sample": work["product_flops"] / batch / 1e9,
+            "gb_per_sample": work["bytes"] / batch / 1e9, "compile_s": compile_s,
             "peak_rss_after_compile_mb": rss_compiled, "peak_rss_mb": _peak_rss_mb(),
             "xla_temp_mb": memory.temp_size_in_bytes / MB,
             "xla_argument_mb": memory.argument_size_in_bytes / MB,
@@ -99,20 +112,43 @@ def _run_child(args, name: str, dtype: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
                           "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
                           str(args.hidden), "--n-objects", str(args.n_objects)]
-                         + ["--remat" if args.remat else "--no-remat"],
+                         + ["--remat" if args.remat else "--no-remat"]
+                         + ([] if args.chunk_size is None
+                            else ["--decoder-chunk-size", str(args.chunk_size)]),
                          check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _print(r: dict) -> None:
+def ceilings(batch: int, hidden: int) -> dict:
+    """This CPU's own rates in this run: a plain product at the model's largest shape
+    ([100 B, H] x [H, H], the message MLPs' second layers) and an elementwise pass."""
+    return {"product_gflop_per_s": plain_product_rates(batch * 100, hidden),
+            "elementwise_gb_per_s": elementwise_bandwidth()}
+
+
+def _print(r: dict, ceiling: dict) -> None:
     ratio = r["samples_per_s"] / r["reference_samples_per_s"]
     remat = " remat" if r["remat"] else " no-remat"
+    if r.get("chunk_size"):
+        remat += f" chunks of {r['chunk_size']}"
+    gflops, gbs = r["gflop_per_sample"] * r["samples_per_s"], r["gb_per_sample"] * r["samples_per_s"]
+    plain = ceiling["product_gflop_per_s"][r["compute_dtype"]]
     print(f"{r['model']:8s} {r['compute_dtype']:8s}{remat} B={r['batch']} H={r['hidden']}: "
           f"{r['samples_per_s']:7.1f} samples/s ({ratio:.2f}x "
-          f"the reference's {r['reference_samples_per_s']}), XLA count "
-          f"{r['xla_gflop_per_sample']:.3f} GFLOP/sample, peak RSS {r['peak_rss_mb']:.0f} MB "
-          f"({r['peak_rss_after_compile_mb']:.0f} MB after compiling; XLA temp "
-          f"{r['xla_temp_mb']:.0f} MB, args {r['xla_argument_mb']:.0f} MB)", flush=True)
+          f"the reference's {r['reference_samples_per_s']}); products "
+          f"{r['gflop_per_sample']:.2f} GFLOP/sample at {gflops:.0f} GFLOP/s ({gflops / plain:.0%} "
+          f"of the plain product), thunks move {r['gb_per_sample']:.3f} GB/sample at "
+          f"{gbs:.1f} GB/s ({gbs / ceiling['elementwise_gb_per_s']:.0%} of an elementwise "
+          f"pass); peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_after_compile_mb']:.0f} MB "
+          f"after compiling; XLA temp {r['xla_temp_mb']:.0f} MB, args "
+          f"{r['xla_argument_mb']:.0f} MB)", flush=True)
+
+
+def _print_ceiling(c: dict, batch: int, hidden: int) -> None:
+    rates = c["product_gflop_per_s"]
+    print(f"this CPU now: [{100 * batch}, {hidden}] x [{hidden}, {hidden}] product "
+          f"{rates['float32']:.0f} GFLOP/s float32, {rates['bfloat16']:.0f} bfloat16; "
+          f"elementwise pass {c['elementwise_gb_per_s']:.1f} GB/s", flush=True)
 
 
 def step_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
@@ -128,6 +164,9 @@ def step_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
     parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True,
                         help="recompute decoder activations in the backward pass (the "
                              "model's default; --no-remat stores them)")
+    parser.add_argument("--decoder-chunk-size", dest="chunk_size", type=int, default=None,
+                        help="decode the batch in chunks of this many examples (default: "
+                             "the whole batch)")
     parser.add_argument("--json", default=None, help="also write every run to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
@@ -140,24 +179,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.compute_dtype, args.steps, args.batch,
-                                 args.hidden, args.n_objects, args.remat)))
+                                 args.hidden, args.n_objects, args.remat, args.chunk_size)))
         return
     configurations = [(m, d) for m in args.models.split(",")
                       for d in args.compute_dtype.split(",")]
-    runs = []
+    runs, measured = [], []
     for round_ in range(args.rounds):
+        measured.append(ceilings(args.batch, args.hidden))
+        _print_ceiling(measured[-1], args.batch, args.hidden)
         for name, dtype in configurations:
             runs.append(_run_child(args, name, dtype))
             print(f"round {round_ + 1}: ", end="")
-            _print(runs[-1])
+            _print(runs[-1], measured[-1])
+    # The best of the rounds' ceilings, against the best of the rounds' throughputs.
+    best_ceiling = {
+        "product_gflop_per_s": {d: max(c["product_gflop_per_s"][d] for c in measured)
+                                for d in ("float32", "bfloat16")},
+        "elementwise_gb_per_s": max(c["elementwise_gb_per_s"] for c in measured)}
     print("best of", args.rounds, "round(s):")
+    _print_ceiling(best_ceiling, args.batch, args.hidden)
     for name, dtype in configurations:
         mine = [r for r in runs if (r["model"], r["compute_dtype"]) == (name, dtype)]
         best = max(mine, key=lambda r: r["samples_per_s"])
-        _print({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)})
+        _print({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}, best_ceiling)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(runs, f, indent=1)
+            json.dump({"runs": runs, "ceilings": measured}, f, indent=1)
 
 
 if __name__ == "__main__":
