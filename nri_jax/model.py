@@ -50,9 +50,11 @@ class ModelConfig:
       decoder_chunk_size: decode the batch in chunks of at least this many
         examples, one chunk after the other inside the decoder's scan (the
         most chunks that divide the batch evenly; None: the whole batch at
-        once). Results are the same up to the order of float sums; on a CPU a
-        chunk's activations stay in the caches (BENCHMARKS.md, "Decoding the
-        batch in chunks"); an accelerator wants the whole batch.
+        once). Results are the same up to the order of float sums, with about
+        half the activation memory for chunks of 32 at batch 128; no reliable
+        speed-up on a CPU, slower for the recurrent decoder (BENCHMARKS.md,
+        "Fully connected graphs without gathers or scatters; decoding the batch
+        in chunks").
       remat: recompute the decoder's per-step activations in the backward pass
         instead of storing them (the default). It costs about a third more
         decoder arithmetic and saves more time than that: without it every
