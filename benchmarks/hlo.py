@@ -84,6 +84,9 @@ def product_flops(inst: dict, instructions: dict) -> float:
     return 2.0 * out * math.prod(rhs) / out_features
 
 
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
 def called_instructions(inst: dict, instructions: dict, computations: dict) -> list[dict]:
     """The instruction itself, or the instructions of the computation it calls."""
     if inst["calls"] is None:
@@ -105,6 +108,19 @@ def thunk_bytes(inst: dict, instructions: dict, computations: dict) -> int:
     return sum(operands) + result
 
 
+def _best_seconds(fn, *args, repeats: int) -> float:
+    """The shortest of `repeats` timed calls of a jitted `fn`, after one untimed call."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, float]:
     """GFLOP/s of one plain [rows, width] x [width, width] product, float32 and bfloat16
     (float32 accumulation): the CPU's ceiling at the model's shapes, measured in this run."""
@@ -116,17 +132,9 @@ def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, fl
         a = jnp.ones((rows, width), dtype)
         b = jnp.ones((width, width), dtype)
         product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-        jax.block_until_ready(product(a, b))
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(product(a, b))
-            best = min(best, time.perf_counter() - t0)
+        best = _best_seconds(product, a, b, repeats=repeats)
         rates[jnp.dtype(dtype).name] = 2 * rows * width * width / best / 1e9
     return rates
-
-
-_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
 def executed_work(text: str) -> dict[str, float]:
@@ -165,10 +173,4 @@ def elementwise_bandwidth(elements: int = 2 ** 24, repeats: int = 5) -> float:
     a = jnp.linspace(-1.0, 1.0, elements, dtype=jnp.float32)
     b = jnp.flip(a)
     fn = jax.jit(lambda a, b: jax.nn.relu(a + b))
-    jax.block_until_ready(fn(a, b))
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(a, b))
-        best = min(best, time.perf_counter() - t0)
-    return 3 * 4 * elements / best / 1e9
+    return 3 * 4 * elements / _best_seconds(fn, a, b, repeats=repeats) / 1e9
