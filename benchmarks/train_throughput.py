@@ -135,7 +135,8 @@ def _print(r: dict, ceiling: dict) -> None:
     plain = ceiling["product_gflop_per_s"][r["compute_dtype"]]
     print(f"{r['model']:8s} {r['compute_dtype']:8s}{remat} B={r['batch']} H={r['hidden']}: "
           f"{r['samples_per_s']:7.1f} samples/s ({ratio:.2f}x "
-          f"the reference's {r['reference_samples_per_s']}); products "
+          f"the original's {r['reference_samples_per_s']} on NRI_REFERENCE's Zen 4: run "
+          f"it beside this for this CPU's); products "
           f"{r['gflop_per_sample']:.2f} GFLOP/sample at {gflops:.0f} GFLOP/s ({gflops / plain:.0%} "
           f"of the plain product), thunks move {r['gb_per_sample']:.3f} GB/sample at "
           f"{gbs:.1f} GB/s ({gbs / ceiling['elementwise_gb_per_s']:.0%} of an elementwise "
