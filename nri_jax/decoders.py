@@ -180,12 +180,11 @@ class _MLPDecoderStep(nn.Module):
     dropout: float
     train: bool
     compute_dtype: str = "float32"
-
     steps: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, iteration: jax.Array, starts: jax.Array, edges: jax.Array):
-        """One step of one batch chunk (`chunked_rollout`'s iteration order).
+        """One step of one batch chunk: scan index c * steps + s is step s of chunk c.
 
         x [b, blocks, N, D] (carry), iteration: the scan index; starts [b, C,
         blocks, N, D] and edges [b, C, 1, E, K] of all C chunks -> (x_next, x_next).
@@ -220,7 +219,9 @@ class MLPDecoder(nn.Module):
     about 1.06 GFLOP forward + backward (the reference counts 1.08).
     `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
     `remat` recomputes each step's activations in the backward pass instead of
-    storing them (less memory, more arithmetic).
+    storing them (less memory, more arithmetic). `chunk_size` decodes the batch
+    in chunks of at least that many examples, one after the other in the same
+    scan (`batch_chunks`): the same results, less activation memory.
     """
 
     hidden: int = 256
@@ -324,7 +325,8 @@ class RNNDecoder(nn.Module):
     average). The two agree at the paper's N=5, D=4 and differ at N=10 (9 vs 4).
     `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
     `remat` recomputes each step's activations in the backward pass instead of
-    storing them (less memory, more arithmetic).
+    storing them (less memory, more arithmetic). `chunk_size` as in MLPDecoder
+    (slower here: the 48 steps become 48 x C steps of smaller products).
     """
 
     hidden: int = 256

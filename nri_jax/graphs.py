@@ -27,9 +27,9 @@ fuses these into the elementwise work around them: no gather, no scatter, no
 index array. Measured in the NRI train steps at the paper's size on a 2-core
 Zen 4, bfloat16 products: 1.20-1.26x faster than gather + segment sum for all
 three paper models (BENCHMARKS.md, "Fully connected graphs without gathers or
-scatters"). Any
-other index (a jax array, a padded `GraphsTuple`, larger N) takes jraph's
-segment ops; tests check that both paths give the same values and gradients.
+scatters"). Any other index (a jax array, a padded `GraphsTuple`, larger N)
+takes jraph's segment ops; tests check that both paths give the same values
+and gradients.
 """
 
 from __future__ import annotations
