@@ -140,8 +140,10 @@ def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, fl
 def executed_work(text: str) -> dict[str, float]:
     """Products' FLOPs and thunks' bytes (read + written) of one run of an HLO module.
 
-    A thunk is an instruction of the entry computation or of a loop body (a fusion, a
-    product, a copy, ...); its bytes are counted as `thunk_bytes`, once per execution.
+    A thunk is an instruction of the entry computation, of a loop body or of a called
+    computation (a fusion, a product, a copy, ...); its bytes are counted as
+    `thunk_bytes`, once per execution. Branches of a `conditional` are not counted
+    (the train steps have none).
     """
     instructions, computations = parse_hlo(text)
     entry = re.search(r"^ENTRY %([\w.\-]+) ", text, re.M).group(1)
@@ -154,6 +156,9 @@ def executed_work(text: str) -> dict[str, float]:
                 trips = _TRIPS.search(inst["line"])
                 body = re.search(r"body=%([\w.\-]+)", inst["line"]).group(1)
                 pending.append((body, times * (int(trips.group(1)) if trips else 1)))
+                continue
+            if inst["opcode"] == "call":  # an outlined computation, run once per call
+                pending.append((re.search(r"to_apply=%([\w.\-]+)", inst["line"]).group(1), times))
                 continue
             if inst["opcode"] in ("parameter", "constant", "tuple", "get-tuple-element",
                                   "bitcast") or inst["opcode"] in CONTAINERS:

@@ -104,8 +104,10 @@ def _is_fully_connected(index, which: int, n: int) -> bool:
     return index.shape == (n * (n - 1),) and np.array_equal(index, _index(n)[which])
 
 
-def _node_axis_is_second_last(x: jax.Array, axis: int) -> bool:
-    return x.ndim >= 2 and axis % x.ndim == x.ndim - 2
+def _dense_path(index, which: int, x: jax.Array, axis: int, n: int) -> bool:
+    """Whether a gather or sum with `index` over `x` takes the dense path: the
+    fully connected index of `n` objects, with the node / edge axis second last."""
+    return _is_fully_connected(index, which, n) and x.ndim >= 2 and axis % x.ndim == x.ndim - 2
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -158,8 +160,7 @@ def gather_senders(nodes: jax.Array, senders, *, axis: int = -2) -> jax.Array:
 
     The dense path (slices, no gather) when `senders` is the fully connected index.
     """
-    if _is_fully_connected(senders, 0, nodes.shape[axis]) and _node_axis_is_second_last(
-            nodes, axis):
+    if _dense_path(senders, 0, nodes, axis, nodes.shape[axis]):
         return _dense_senders(nodes)
     return jnp.take(nodes, senders, axis=axis)
 
@@ -171,7 +172,7 @@ def gather_receivers(nodes: jax.Array, receivers, *, axis: int = -2) -> jax.Arra
     connected index.
     """
     n = nodes.shape[axis]
-    if _is_fully_connected(receivers, 1, n) and _node_axis_is_second_last(nodes, axis):
+    if _dense_path(receivers, 1, nodes, axis, n):
         return _repeat_rows(nodes, n - 1)
     return jnp.take(nodes, receivers, axis=axis)
 
@@ -220,8 +221,7 @@ def edge_to_node(edges: jax.Array, receivers, n_nodes: int, *, reduce: str = "su
     """
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {sorted(_REDUCTIONS)}, got {reduce!r}")
-    if (reduce != "max" and _is_fully_connected(receivers, 1, n_nodes)
-            and _node_axis_is_second_last(edges, axis)):
+    if reduce != "max" and _dense_path(receivers, 1, edges, axis, n_nodes):
         total = sum_incoming_fully_connected(edges, n_nodes)
         return total if reduce == "sum" else total / (n_nodes - 1)
     # jraph's segment ops reduce over the leading axis.
