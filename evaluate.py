@@ -3,6 +3,8 @@
     python evaluate.py runs/quick-20261121-120000
     python evaluate.py RUN_DIR --data path/to/reference/npy/files --out report.json
     python evaluate.py RUN_DIR --plots
+    python evaluate.py pretrained/springs5            # a shipped model, on a fresh clone
+    python evaluate.py RUN_DIR --export pretrained/new --export-dtype float16
 
 Prints a Markdown table and writes the JSON report (edge_accuracy,
 edge_accuracy_best_permutation, nll, mse_by_horizon, ...).
@@ -15,20 +17,29 @@ import pathlib
 import sys
 
 from nri_jax import experiment
-from nri_jax.checkpointing import CheckpointError
+from nri_jax.checkpointing import EXPORT_DTYPES, CheckpointError
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a run directory written by train.py")
+    parser.add_argument("run_dir", help="a run directory written by train.py, or an exported "
+                        "one (pretrained/<benchmark>)")
     parser.add_argument("--data", default=None,
                         help="evaluate on this dataset (native or reference layout) instead")
     parser.add_argument("--out", default=None,
                         help="JSON report path (default: RUN_DIR/report.json)")
     parser.add_argument("--plots", action="store_true",
                         help="write PNG figures into RUN_DIR/plots")
+    parser.add_argument("--export", default=None, metavar="OUT_DIR",
+                        help="write the best parameters alone into a new, small run directory "
+                        "(as the shipped pretrained/ models) and report on it")
+    parser.add_argument("--export-dtype", default="float16", choices=EXPORT_DTYPES,
+                        help="storage precision of the exported parameters (default: float16)")
     args = parser.parse_args(argv)
+    if args.export is not None and (args.data, args.out, args.plots) != (None, None, False):
+        parser.error("--export writes its own report; it takes neither --data, --out nor "
+                     "--plots (run evaluate.py on the exported directory for those)")
     # Checked before the run and the dataset are loaded, which takes a while.
     if args.data is not None and not pathlib.Path(args.data).is_dir():
         parser.error(f"--data {args.data}: no such dataset directory")
@@ -36,6 +47,9 @@ def main(argv=None) -> int:
         parser.error(f"--out {args.out}: directory {pathlib.Path(args.out).parent} "
                      "does not exist")
     try:
+        if args.export is not None:
+            experiment.export_run(args.run_dir, args.export, dtype=args.export_dtype)
+            return 0
         report, run = experiment.evaluate_run(args.run_dir, data_dir=args.data, out=args.out)
         if args.plots:
             written = experiment.write_plots(run, report, pathlib.Path(args.run_dir) / "plots")

@@ -159,3 +159,79 @@ def _drop_closed_loop_reports() -> None:
 
     hook.drops_closed_loop_reports = True
     sys.unraisablehook = hook
+
+
+# Exported parameters: a small, self-checking file for shipping a trained model.
+
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def save_variables(path: pathlib.Path, variables: dict, *, dtype: str = "float16") -> dict:
+    """Writes a model's ``{"params", "batch_stats"}`` as one msgpack file.
+
+    The parameters are stored as `dtype` (half precision halves the file; the
+    BatchNorm statistics stay float32: running variances can be too small for
+    float16). The file is written next to `path` and renamed into place, so an
+    interrupted export never leaves a truncated file under the final name.
+
+    Returns:
+      ``{"dtype": ..., "sha256": ..., "n_parameters": ...}``, to keep beside the
+      file (`load_variables` checks the digest).
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
+    import flax.serialization  # flax is the model's own dependency; only export needs it here
+    host = jax.device_get({"params": variables["params"],
+                           "batch_stats": variables.get("batch_stats", {})})
+    stored = {"params": jax.tree.map(lambda a: np.asarray(a).astype(dtype), host["params"]),
+              "batch_stats": jax.tree.map(np.asarray, host["batch_stats"])}
+    data = flax.serialization.msgpack_serialize(stored)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return {"dtype": dtype, "sha256": hashlib.sha256(data).hexdigest(),
+            "n_parameters": int(sum(np.size(a) for a in jax.tree.leaves(host["params"])))}
+
+
+def load_variables(path: pathlib.Path, like: dict, *, sha256: str | None) -> dict:
+    """Reads `save_variables`' file as arrays of `like`'s structure, shapes and dtypes.
+
+    Args:
+      path: the msgpack file.
+      like: ``{"params", "batch_stats"}`` of the model to fill (arrays or shape structs).
+      sha256: the digest recorded at export (None skips the check).
+
+    Raises:
+      CheckpointError: naming the file, when it is missing, damaged, or made for
+        another model (a parameter missing, extra or of another shape).
+    """
+    import flax.serialization
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read exported parameters {path}: {err}") from err
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"{path} does not match the SHA-256 digest recorded at export "
+                              "(damaged or replaced file)")
+    try:
+        stored = flax.serialization.msgpack_restore(data)
+    except Exception as err:  # msgpack raises several types for a damaged file
+        raise CheckpointError(f"{path} is not an exported parameter file ({err})") from err
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+    names = {jax.tree_util.keystr(k) for k, _ in want}
+    extra = sorted(jax.tree_util.keystr(k) for k in got if jax.tree_util.keystr(k) not in names)
+    if extra:
+        raise CheckpointError(f"{path} holds parameters this model does not have: {extra[:5]}")
+    got = {jax.tree_util.keystr(k): v for k, v in got.items()}
+    leaves = []
+    for key, ref in want:
+        name = jax.tree_util.keystr(key)
+        if name not in got:
+            raise CheckpointError(f"{path} lacks parameter {name} of this model")
+        value = np.asarray(got[name])
+        if value.shape != tuple(ref.shape):
+            raise CheckpointError(f"{path}: parameter {name} has shape {value.shape}, the "
+                                  f"model's is {tuple(ref.shape)} (another model's file?)")
+        leaves.append(value.astype(ref.dtype))
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)

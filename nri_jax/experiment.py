@@ -9,6 +9,11 @@ bars; everything it drives is pure. A run directory holds:
     checkpoints/latest/  the last two epochs (for --resume)
     checkpoints/best/    the epoch with the best validation NLL
     report.json, report.md   the test report of the best checkpoint
+
+An exported run (`export_run`, e.g. the shipped `pretrained/` models) holds the
+same files but, instead of `checkpoints/`, the best parameters alone in
+`params.msgpack` with their digest in `export.json`; its data.json names no
+path, and `load_run` regenerates the dataset from the config's seed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from simulators import datasets, formats, symmetries, systems
 
 CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
+PARAMS_FILE, EXPORT_FILE = "params.msgpack", "export.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -498,13 +504,16 @@ def read_run(run_dir: str | os.PathLike) -> tuple[Config, dict]:
 
 def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
              checkpoint: str = "best", splits=("test",)) -> Run:
-    """Restores a run directory for evaluation or inspection.
+    """Restores a run directory (or an exported one) for evaluation or inspection.
 
     Args:
-      run_dir: a directory written by `train_and_evaluate`.
+      run_dir: a directory written by `train_and_evaluate` or `export_run`.
       data_dir: use this dataset (native or reference layout) instead of the
-        run's own; it is normalised with the run's training statistics.
-      checkpoint: "best" (best validation NLL) or "latest".
+        run's own; it is normalised with the run's training statistics. An
+        exported run without one regenerates its dataset from the config (and
+        checks that its training statistics come out as recorded).
+      checkpoint: "best" (best validation NLL) or "latest"; an exported run has
+        only its exported parameters.
       splits: which splits to place on the device(s).
 
     Returns:
@@ -512,8 +521,13 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     """
     run_dir = pathlib.Path(run_dir)
     config, data_info = read_run(run_dir)
-    path = pathlib.Path(data_dir or data_info["path"])
-    dataset = datasets.open_dataset(path, stats=datasets.stats_from_dict(data_info["stats"]))
+    stats = datasets.stats_from_dict(data_info["stats"])
+    exported = (run_dir / EXPORT_FILE).is_file()
+    if data_dir is None and data_info["path"] is None:
+        path = _regenerate(config, stats, run_dir)
+    else:
+        path = pathlib.Path(data_dir or data_info["path"])
+    dataset = datasets.open_dataset(path, stats=stats)
     if dataset.n_objects != config.data.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects; the run in "
                          f"{run_dir} was trained on n_objects={config.data.n_objects}")
@@ -524,14 +538,105 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     if checkpoint not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
     directory = run_dir / "checkpoints" / checkpoint
-    if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+    if not exported and (not directory.is_dir()
+                         or not any(p.name.isdigit() for p in directory.iterdir())):
         raise checkpointing.CheckpointError(f"no {checkpoint} checkpoint in {directory}")
     # Results do not depend on the device count: use as many here as divide the batch.
     devices = math.gcd(config.train.eval_batch_size, jax.device_count())
     run = Run(configs.override(config, n_devices=devices), dataset, run_dir,
               data_info["n_encoder_frames"], splits=splits, for_restore=True)
-    run.restore(checkpoint)
+    if exported:
+        _load_exported(run)
+    else:
+        run.restore(checkpoint)
     return run
+
+
+def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
+    """An exported run's model and variables, without its dataset.
+
+    For applying a shipped model to trajectories of one's own:
+    ``model.apply(variables, x, train=False, method=NRI.encode)`` gives the
+    edge-type logits of ``x`` ``[B, N, T, D]``, normalised as data.json's
+    `stats` say (`simulators.datasets.model_features`).
+
+    Returns:
+      (config, model, variables) with ``variables = {"params", "batch_stats"}``.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config, data_info = read_run(run_dir)
+    if not (run_dir / EXPORT_FILE).is_file():
+        raise RunDirError(f"{run_dir} is not an exported run ({EXPORT_FILE} is missing); "
+                          "export it with `python evaluate.py RUN_DIR --export OUT_DIR`")
+    model = NRI(config.model)
+    example = np.zeros((1, config.data.n_objects, data_info["n_encoder_frames"],
+                        data_info["n_features"]), np.float32)
+    key = jax.random.key(0)  # only shapes are taken from this init
+    like = jax.eval_shape(lambda: model.init({"params": key, "gumbel": key, "dropout": key},
+                                             example, train=False))
+    like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
+    return config, model, _exported_variables(run_dir, like)[0]
+
+
+def _exported_variables(run_dir: pathlib.Path, like: dict) -> tuple[dict, dict]:
+    """(variables, export.json's contents) of an exported run, checked against `like`."""
+    info = json.loads((run_dir / EXPORT_FILE).read_text())
+    return checkpointing.load_variables(run_dir / PARAMS_FILE, like,
+                                        sha256=info.get("sha256")), info
+
+
+def _regenerate(config: Config, stats, run_dir: pathlib.Path) -> pathlib.Path:
+    """The dataset of an exported run, generated (or found cached) from its config."""
+    dataset, path = load_data(configs.override(config, data_dir=None).data)
+    if (stats is None) != (dataset.stats is None) or (
+            stats is not None and not np.allclose(stats, dataset.stats, rtol=1e-6, atol=0)):
+        raise RunDirError(f"{run_dir}: the dataset regenerated from its config ({path}) has "
+                          f"training statistics {dataset.stats}, not the recorded {stats}: "
+                          "the simulators have changed since the model was trained")
+    return path
+
+
+def _load_exported(run: Run) -> None:
+    """Fills `run.state` with an exported run's parameters (no optimizer state)."""
+    like = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    variables, info = _exported_variables(run.workdir, like)
+    variables = jax.device_put(variables, data_lib.replicated(run.mesh))
+    run.state = run.state.replace(step=np.int32(0), opt_state=None, **variables)
+    run.epoch = info["epoch"]
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+               dtype: str = "float16", log=print) -> dict:
+    """Writes the best checkpoint of a run as a small exported run directory.
+
+    `out_dir` gets the run's config.json, metrics.jsonl, data.json (without
+    the dataset path: it is regenerated from the config when loaded), the
+    parameters as `dtype` in params.msgpack, export.json (source, epoch, dtype,
+    digest) and the test report of the exported parameters themselves, on the
+    source run's dataset, so that any change from the storage precision shows
+    beside the source run's own report.
+
+    Raises:
+      RunDirError: when `out_dir` exists and is not empty (nothing is overwritten).
+    """
+    run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunDirError(f"export directory {out_dir} exists and is not empty")
+    if dtype not in checkpointing.EXPORT_DTYPES:  # checked before the run is loaded
+        raise ValueError(f"dtype must be one of {checkpointing.EXPORT_DTYPES}, got {dtype!r}")
+    data_info = json.loads((run_dir / DATA_FILE).read_text()) if (
+        run_dir / DATA_FILE).is_file() else None
+    run = load_run(run_dir)  # a missing or broken run directory fails here, before any file
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = checkpointing.save_variables(
+        out_dir / PARAMS_FILE,
+        {"params": run.state.params, "batch_stats": run.state.batch_stats}, dtype=dtype)
+    _write_json(out_dir / EXPORT_FILE, {"source": str(run_dir), "epoch": run.epoch, **info})
+    _write_json(out_dir / DATA_FILE, {**data_info, "path": None})
+    for name in (CONFIG_FILE, METRICS_FILE):
+        if (run_dir / name).is_file():
+            _write_text(out_dir / name, (run_dir / name).read_text())
+    return evaluate_run(out_dir, data_dir=data_info["path"], log=log)[0]
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,

@@ -1,8 +1,10 @@
-"""Strict JAX settings for the whole test suite, and a header naming the hardware."""
+"""Strict JAX settings for the whole test suite, a shared compilation cache, and a header
+naming the hardware."""
 
 import os
 import pathlib
 import platform
+import tempfile
 
 import jax
 import pytest
@@ -16,6 +18,18 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 if "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_gpu_deterministic_ops=true").strip()
+
+# Many tests compile the same programs (the tiny preset's train, eval and test steps, the
+# simulators), in this process and in the train.py subprocesses they start: a persistent
+# compilation cache, fresh for each session, compiles each once (a tiny train.py run:
+# 21.6 s -> 6.7 s). Set before anything compiles; inherited by the subprocesses.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.TemporaryDirectory(prefix="nri-jax-test-cache-")  # removed at exit
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE.name
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")))
 
 
 def _cpu_description() -> str:
