@@ -217,16 +217,14 @@ def load_variables(path: pathlib.Path, like: dict, *, sha256: str | None) -> dic
         stored = flax.serialization.msgpack_restore(data)
     except Exception as err:  # msgpack raises several types for a damaged file
         raise CheckpointError(f"{path} is not an exported parameter file ({err})") from err
-    want = jax.tree_util.tree_flatten_with_path(like)[0]
-    got = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
-    names = {jax.tree_util.keystr(k) for k, _ in want}
-    extra = sorted(jax.tree_util.keystr(k) for k in got if jax.tree_util.keystr(k) not in names)
+    named = lambda tree: {jax.tree_util.keystr(k): v
+                          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want, got = named(like), named(stored)
+    extra = sorted(got.keys() - want.keys())
     if extra:
         raise CheckpointError(f"{path} holds parameters this model does not have: {extra[:5]}")
-    got = {jax.tree_util.keystr(k): v for k, v in got.items()}
     leaves = []
-    for key, ref in want:
-        name = jax.tree_util.keystr(key)
+    for name, ref in want.items():  # in `like`'s leaf order
         if name not in got:
             raise CheckpointError(f"{path} lacks parameter {name} of this model")
         value = np.asarray(got[name])

@@ -624,9 +624,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise RunDirError(f"export directory {out_dir} exists and is not empty")
     if dtype not in checkpointing.EXPORT_DTYPES:  # checked before the run is loaded
         raise ValueError(f"dtype must be one of {checkpointing.EXPORT_DTYPES}, got {dtype!r}")
-    data_info = json.loads((run_dir / DATA_FILE).read_text()) if (
-        run_dir / DATA_FILE).is_file() else None
     run = load_run(run_dir)  # a missing or broken run directory fails here, before any file
+    data_info = read_run(run_dir)[1]
     out_dir.mkdir(parents=True, exist_ok=True)
     info = checkpointing.save_variables(
         out_dir / PARAMS_FILE,
