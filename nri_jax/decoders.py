@@ -16,7 +16,7 @@ prediction of frame t+1 of `inputs`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,7 @@ from jax import lax
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
 from nri_jax.nn import MessageGRUCell, check_compute_dtype, matmul, torch_dense, torch_uniform
+from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 
 # Divisors of the recurrent decoder's summed incoming messages (RNNDecoder.message_scale).
 RNN_MESSAGE_SCALES = ("incoming", "state_dims")
@@ -208,9 +209,9 @@ class _MLPDecoderStep(nn.Module):
 class MLPDecoder(nn.Module):
     """Markovian MLP decoder (269,828 parameters at D=4, H=256, K=2).
 
-    Ground truth is fed every `prediction_steps` frames and the model's own
-    predictions in between: the T-1 targets split into blocks of
-    `prediction_steps` frames, each block rolled out from its first ground-truth
+    Ground truth is fed every P = `teaching.period` frames and the model's own
+    predictions in between (`rollouts.MARKOVIAN`): the T-1 targets split into
+    blocks of P frames, each block rolled out from its first ground-truth
     frame. All blocks run in parallel inside one `lax.scan` over the steps.
 
     Work at the paper's size (N=5, T=49, D=4, H=256, K=2, P=10), forward, per
@@ -231,6 +232,7 @@ class MLPDecoder(nn.Module):
     compute_dtype: str = "float32"
     remat: bool = False
     chunk_size: int | None = None
+    protocol: ClassVar[Protocol] = MARKOVIAN
 
     @classmethod
     def from_config(cls, config) -> "MLPDecoder":
@@ -239,21 +241,29 @@ class MLPDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
-                 prediction_steps: int = 10, burn_in_steps: int | None = None) -> jax.Array:
+                 teaching: Teaching | None = None) -> jax.Array:
         """inputs [B, N, T, D], edges [B, E, K] -> predictions [B, N, T-1, D].
 
-        `burn_in_steps` is accepted for a common decoder signature and ignored.
+        Args:
+          teaching: which steps read ground truth (default: the training rollout,
+            ground truth every 10 steps). Markovian, the decoder rolls every
+            ground-truth block out at once, so the ground-truth steps must be
+            evenly spaced: a burn-in of 1 (any period) or a period of 1.
         """
-        del burn_in_steps
         check_trajectories(inputs)
         check_compute_dtype(self.compute_dtype)
         check_edges(edges, inputs, self.n_edge_types)
         b, n, t, d = inputs.shape
-        if t < 2 or prediction_steps < 1:
-            raise ValueError(f"need inputs with T >= 2 frames and prediction_steps >= 1, got "
-                             f"shape {inputs.shape}, prediction_steps={prediction_steps}")
-        steps, n_blocks = min(prediction_steps, t - 1), math.ceil((t - 1) / prediction_steps)
-        starts = jnp.swapaxes(inputs[:, :, :n_blocks * prediction_steps:prediction_steps], 1, 2)
+        if t < 2:
+            raise ValueError(f"inputs must have T >= 2 frames, got shape {inputs.shape}")
+        teaching = self.protocol.training(t) if teaching is None else teaching
+        teaching.check()
+        if teaching.burn_in > 1 and teaching.period != 1:
+            raise ValueError(f"the Markovian decoder reads ground truth at evenly spaced steps: "
+                             f"a burn-in of 1 or a period of 1, got {teaching}")
+        period = 1 if teaching.burn_in > 1 else teaching.period or t - 1
+        steps, n_blocks = min(period, t - 1), math.ceil((t - 1) / period)
+        starts = jnp.swapaxes(inputs[:, :, :n_blocks * period:period], 1, 2)
         chunks = batch_chunks(b, self.chunk_size)
         starts, chunk_edges = _split_chunks(starts, chunks), _split_chunks(edges[:, None], chunks)
         rollout = nn.scan(_maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
@@ -315,8 +325,9 @@ class RNNDecoder(nn.Module):
     Each step computes messages from the objects' hidden states, aggregates them,
     updates each hidden state with a GRU whose inputs are the current frame and
     the aggregated message, and predicts x_{t+1} = x_t + MLP(hidden). The input
-    at step s is the ground-truth frame s for s < burn_in_steps and the previous
-    prediction afterwards; `lax.scan` over the T-1 steps.
+    at step s is the ground-truth frame s where `teaching` says so (in training
+    the first `burn_in` steps, `rollouts.RECURRENT`) and the previous prediction
+    otherwise; `lax.scan` over the T-1 steps.
 
     `message_scale` is the divisor of the sum of incoming messages:
     "incoming" (the default) divides by the number of incoming edges N-1, an
@@ -337,6 +348,7 @@ class RNNDecoder(nn.Module):
     remat: bool = False
     message_scale: str = "incoming"
     chunk_size: int | None = None
+    protocol: ClassVar[Protocol] = RECURRENT
 
     @classmethod
     def from_config(cls, config) -> "RNNDecoder":
@@ -345,17 +357,15 @@ class RNNDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
-                 prediction_steps: int = 10, burn_in_steps: int | None = None) -> jax.Array:
+                 teaching: Teaching | None = None) -> jax.Array:
         """inputs [B, N, T, D], edges [B, E, K] -> predictions [B, N, T-1, D].
 
         Args:
-          burn_in_steps: ground truth is the input for steps s < burn_in_steps
-            (>= 1). Default T - prediction_steps (at least 1), the reference's
-            training setting (39 for T=49, P=10); prediction_steps=1 gives full
-            teacher forcing (the reference's validation). The reference's loop
-            tests `s <= burn_in_steps`, i.e. uses one more ground-truth input
-            than the number it is given; pass 40 to reproduce it exactly.
-          prediction_steps: used only for the default burn-in.
+          teaching: which steps read ground truth, any `Teaching` (default: the
+            training rollout, a burn-in of T - 10 steps, at least 1). The
+            reference's loop tests `s <= burn_in`, i.e. feeds one more
+            ground-truth input than the number it is given: its 49-frame
+            training rollouts are ``Teaching(burn_in=40)``.
         """
         check_trajectories(inputs)
         check_edges(edges, inputs, self.n_edge_types)
@@ -366,16 +376,13 @@ class RNNDecoder(nn.Module):
         b, n, t, d = inputs.shape
         if t < 2:
             raise ValueError(f"inputs must have T >= 2 frames, got shape {inputs.shape}")
-        if burn_in_steps is None:
-            burn_in_steps = max(t - prediction_steps, 1)
-        if burn_in_steps < 1:
-            raise ValueError(f"burn_in_steps must be >= 1, got {burn_in_steps}")
+        teaching = self.protocol.training(t) if teaching is None else teaching
         chunks, steps = batch_chunks(b, self.chunk_size), t - 1
         # Iteration c * (T-1) + s is step s of chunk c: frames [C * (T-1), b, N, D].
         frames = jnp.moveaxis(_split_chunks(inputs[:, :, :steps], chunks), (1, 3), (0, 1))
         frames = frames.reshape((chunks * steps,) + frames.shape[2:])
         step_of = np.tile(np.arange(steps), chunks)
-        xs = (frames, jnp.asarray(step_of < burn_in_steps), jnp.asarray(step_of == 0),
+        xs = (frames, jnp.asarray(teaching.ground_truth(steps)[step_of]), jnp.asarray(step_of == 0),
               jnp.asarray(np.repeat(np.arange(chunks, dtype=np.int32), steps)))
         carry = (jnp.zeros((b // chunks, n, self.hidden), inputs.dtype),
                  jnp.zeros_like(frames[0]))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from nri_jax import checkpointing, configs, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
-from nri_jax.model import NRI
+from nri_jax.model import NRI, decoder_protocol
 from simulators import datasets, formats, symmetries, systems
 
 CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
@@ -143,11 +143,17 @@ def _log_line(epoch: int, epochs: int, record: dict) -> str:
             f"{record['samples_per_s']:.0f} samples/s")
 
 
-def _check_settings(cfg, mesh, n_train: int | None, n_frames: int | None) -> None:
+def _check_settings(config: Config, mesh, n_train: int | None, n_frames: int | None,
+                    n_test_frames: int | None = None) -> None:
     """Batch sizes must divide over the mesh and fit the `n_train` training
-    examples; decoder settings must fit their `n_frames` frames (the last two
-    checks are skipped when there is no training split: None)."""
+    examples; decoder settings must fit their `n_frames` training frames (these
+    checks are skipped when there is no training split: None); test
+    trajectories of `n_test_frames` frames must fit the decoder's test protocol
+    with the encoder seeing `n_frames` (skipped when either is None)."""
+    cfg = config.train
     data_lib.check_batch_size(cfg.eval_batch_size, None, mesh, "eval_batch_size")
+    if n_test_frames is not None and n_frames is not None:
+        decoder_protocol(config.model).check_test_frames(n_test_frames, n_frames)
     if n_train is None:
         return
     data_lib.check_batch_size(cfg.batch_size, n_train, mesh, "batch_size")
@@ -189,11 +195,13 @@ class Run:
         self.mesh = data_lib.make_mesh(config.train.n_devices)
         self.sizes = {name: len(getattr(dataset, name).features) for name in splits}
         tc = config.train
+        n_test_frames = dataset.test.features.shape[2] if "test" in splits else None
         if "train" in splits:
-            _check_settings(tc, self.mesh, self.sizes["train"], dataset.train.features.shape[2])
+            _check_settings(config, self.mesh, self.sizes["train"],
+                            dataset.train.features.shape[2], n_test_frames)
             self.steps_per_epoch = self.sizes["train"] // tc.batch_size
         else:
-            _check_settings(tc, self.mesh, None, None)
+            _check_settings(config, self.mesh, None, n_encoder_frames, n_test_frames)
             self.steps_per_epoch = 1
         self.splits = _place_splits(dataset, splits, self.mesh)
         self.model = NRI(config.model)
@@ -317,13 +325,17 @@ def _preflight(config: Config) -> None:
     """Checks before data generation: devices, batch sizes, decoder steps vs frames."""
     path = config.data.data_dir and pathlib.Path(config.data.data_dir)
     if path and path.exists():  # used as it is: the file headers give its sizes
-        train = formats.read_dataset(path, mmap=True).splits["train"]
-        n_train = len(train["edges"])
-        n_frames = train["feat"].shape[2] if "feat" in train else train["loc"].shape[1]
+        stored = formats.read_dataset(path, mmap=True).splits
+        frames = lambda split: (split["feat"].shape[2] if "feat" in split
+                                else split["loc"].shape[1])
+        n_train = len(stored["train"]["edges"])
+        n_frames, n_test_frames = frames(stored["train"]), frames(stored["test"])
     else:
         n_train = config.data.n_train
         n_frames = systems.default_n_frames(config.data.system, "train")
-    _check_settings(config.train, data_lib.make_mesh(config.train.n_devices), n_train, n_frames)
+        n_test_frames = systems.default_n_frames(config.data.system, "test")
+    _check_settings(config, data_lib.make_mesh(config.train.n_devices), n_train, n_frames,
+                    n_test_frames)
 
 
 def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:

@@ -19,6 +19,7 @@ import jax
 
 from nri_jax import decoders, encoders, sampling
 from nri_jax.nn import COMPUTE_DTYPES
+from nri_jax.rollouts import Protocol, Teaching
 
 ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}
 DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}
@@ -132,8 +133,7 @@ class NRI(nn.Module):
         self.decoder = DECODERS[c.decoder].from_config(c)
 
     def __call__(self, inputs: jax.Array, *, train: bool, decoder_inputs: jax.Array | None = None,
-                 edges: jax.Array | None = None, prediction_steps: int = 10,
-                 burn_in_steps: int | None = None) -> NRIOutput:
+                 edges: jax.Array | None = None, teaching: Teaching | None = None) -> NRIOutput:
         """Encodes `inputs`, samples edge types and decodes `decoder_inputs`.
 
         Args:
@@ -143,9 +143,9 @@ class NRI(nn.Module):
           decoder_inputs: [B, N, T', D] trajectories to predict (default: inputs).
           edges: [B, E, K] edge weights to decode with instead of a sample (the
             true-graph or full-graph baselines).
-          prediction_steps: MLP decoder: ground truth every this many frames.
-          burn_in_steps: RNN decoder: ground truth for the first this many
-            inputs (default T' - prediction_steps: 39 for T'=49, P=10).
+          teaching: which decoder steps read ground truth (`rollouts.Teaching`);
+            default: the decoder's training rollout with the reference's 10
+            prediction steps (`decoder_protocol(config).training`).
 
         Returns:
           NRIOutput.
@@ -154,8 +154,7 @@ class NRI(nn.Module):
         if edges is None:
             edges = self.sample_edges(logits, train=train)
         decoder_inputs = inputs if decoder_inputs is None else decoder_inputs
-        predictions = self.decode(decoder_inputs, edges, train=train,
-                                  prediction_steps=prediction_steps, burn_in_steps=burn_in_steps)
+        predictions = self.decode(decoder_inputs, edges, train=train, teaching=teaching)
         return NRIOutput(logits, jax.nn.softmax(logits, axis=-1), edges, predictions)
 
     def encode(self, inputs: jax.Array, *, train: bool) -> jax.Array:
@@ -169,7 +168,11 @@ class NRI(nn.Module):
                                        hard=hard)
 
     def decode(self, inputs: jax.Array, edges: jax.Array, *, train: bool,
-               prediction_steps: int = 10, burn_in_steps: int | None = None) -> jax.Array:
+               teaching: Teaching | None = None) -> jax.Array:
         """inputs [B, N, T, D], edges [B, E, K] -> predictions [B, N, T-1, D]."""
-        return self.decoder(inputs, edges, train=train, prediction_steps=prediction_steps,
-                            burn_in_steps=burn_in_steps)
+        return self.decoder(inputs, edges, train=train, teaching=teaching)
+
+
+def decoder_protocol(config: ModelConfig) -> Protocol:
+    """The rollout protocol (training teaching, test) of the decoder `config` names."""
+    return DECODERS[config.decoder].protocol

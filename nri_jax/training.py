@@ -26,7 +26,8 @@ import optax
 from nri_jax import data as data_lib
 from nri_jax import losses, metrics, sampling
 from nri_jax.configs import Config, TrainConfig
-from nri_jax.model import NRI
+from nri_jax.model import NRI, decoder_protocol
+from nri_jax.rollouts import ONE_STEP, Teaching
 
 Metrics = dict[str, jax.Array]
 
@@ -90,8 +91,10 @@ def _kl(probs: jax.Array, config: Config) -> jax.Array:
     return losses.kl_categorical(probs, log_prior)
 
 
-def _burn_in(config: Config, n_frames: int) -> int:
-    return config.train.burn_in_steps or n_frames - config.train.prediction_steps
+def training_teaching(config: Config, n_frames: int) -> Teaching:
+    """The teaching of the configured decoder's training rollouts over `n_frames` frames."""
+    return decoder_protocol(config.model).training(n_frames, config.train.prediction_steps,
+                                                   config.train.burn_in_steps)
 
 
 def _loss_terms(output, inputs: jax.Array, config: Config) -> tuple[jax.Array, jax.Array]:
@@ -127,8 +130,8 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
         output, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, batch.features,
             train=True, rngs={"gumbel": gumbel_key, "dropout": dropout_key},
-            mutable=["batch_stats"], prediction_steps=config.train.prediction_steps,
-            burn_in_steps=_burn_in(config, batch.features.shape[2]))
+            mutable=["batch_stats"],
+            teaching=training_teaching(config, batch.features.shape[2]))
         nll, kl = _loss_terms(output, batch.features, config)
         loss = jnp.mean(nll + kl)
         return loss, (updates["batch_stats"], output, nll, kl)
@@ -169,8 +172,7 @@ def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
         batch = data_lib.gather(split, indices, mesh)
         output = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              batch.features, train=False, rngs={"gumbel": key},
-                             prediction_steps=1,
-                             burn_in_steps=batch.features.shape[2] - 1)
+                             teaching=ONE_STEP)
         nll, kl = _loss_terms(output, batch.features, config)
         mse = metrics.mse(output.predictions, batch.features[:, :, 1:])
         return {
@@ -185,31 +187,23 @@ def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
     return _jit(eval_step, mesh)
 
 
-def test_horizon(config: Config, n_frames: int, n_encoder_frames: int) -> int:
-    """Open-loop horizons reported on the test split: 20 (MLP decoder) or the rest (RNN)."""
-    rest = n_frames - n_encoder_frames
-    return min(20, rest - 1) if config.model.decoder == "mlp" else rest - 1
-
-
 def open_loop(model: NRI, variables, x: jax.Array, edges: jax.Array, config: Config,
               n_encoder_frames: int) -> jax.Array:
-    """Open-loop predictions of frames t_enc+1..t_enc+H from ground-truth frame t_enc.
-
-    The Markovian decoder needs only that frame; the recurrent one first reads
-    frames 0..t_enc to warm up its hidden state, as in the reference.
+    """Open-loop predictions of frames t_enc+1..t_enc+H from ground-truth frame t_enc,
+    as the decoder's protocol says (`rollouts.Protocol.open_loop`).
 
     Args:
       x: [B, N, T, D] test trajectories; edges: [B, E, K] decoder graph.
 
     Returns:
-      [B, N, H, D] predictions, H = `test_horizon`.
+      [B, N, H, D] predictions, H = the protocol's `horizon`.
     """
+    protocol = decoder_protocol(config.model)
     t_enc = n_encoder_frames
-    horizon = test_horizon(config, x.shape[2], t_enc)
-    start = t_enc if config.model.decoder == "mlp" else 0
+    horizon = protocol.horizon(x.shape[2], t_enc)
+    start, teaching = protocol.open_loop(t_enc)
     predictions = model.apply(variables, x[:, :, start: t_enc + horizon + 1], edges,
-                              train=False, prediction_steps=horizon,
-                              burn_in_steps=t_enc - start + 1, method=NRI.decode)
+                              train=False, teaching=teaching, method=NRI.decode)
     return predictions[:, :, t_enc - start:]
 
 
@@ -226,12 +220,12 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
     def test_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
         x = batch.features
-        horizon = test_horizon(config, x.shape[2], t_enc)
+        horizon = decoder_protocol(config.model).horizon(x.shape[2], t_enc)
         logits = model.apply(variables(state), x[:, :, :t_enc], train=False, method=NRI.encode)
         edges = sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
         tail = x[:, :, -t_enc:]
-        one_step = model.apply(variables(state), tail, edges, train=False, prediction_steps=1,
-                               burn_in_steps=t_enc - 1, method=NRI.decode)
+        one_step = model.apply(variables(state), tail, edges, train=False, teaching=ONE_STEP,
+                               method=NRI.decode)
         nll = losses.gaussian_nll(one_step, tail[:, :, 1:], variance=config.train.variance)
         predictions = open_loop(model, variables(state), x, edges, config, t_enc)
         mse_h = metrics.mse_by_horizon(predictions, x[:, :, t_enc + 1: t_enc + horizon + 1],

@@ -71,6 +71,12 @@ TRAIN = [
      [r"prediction_steps=49\b"]),
     ("burn_in_steps beyond the frames", tiny("--decoder", "rnn", "--burn-in-steps", "1000"),
      [r"burn_in_steps=1000\b"]),
+    # The test's one-step NLL over the last 49 frames would overlap the encoder's first 49.
+    ("test frames overlap the encoder's", tiny("--data-dir", "{short_test}"),
+     [r"test trajectories have 60 frames.*at least 2 x 49"]),
+    ("test frames too few for the recurrent decoder", tiny("--decoder", "rnn", "--data-dir",
+                                                           "{no_test_frames}"),
+     [r"test trajectories have 49 frames.*at least 2 x 49"]),
     ("num_processes 0", tiny("--num-processes", "0"), [r"num_processes.* 0\b"]),
     ("process_id outside the run", tiny("--num-processes", "2", "--process-id", "2"),
      [r"process_id.* 2\b"]),
@@ -122,11 +128,14 @@ CASES = ([pytest.param(train.main, argv, patterns, id=f"train: {name}")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Datasets with 5 and 3 objects, a small one, and run directories without checkpoints."""
+    """Datasets with 5 and 3 objects, a small one, two with too few test frames, and run
+    directories without checkpoints."""
     root = tmp_path_factory.mktemp("cli")
     data5 = write_random_dataset(root / "data5", sizes=(16, 8, 8))
     write_random_dataset(root / "data3", n_objects=3, sizes=(16, 8, 8))
     write_random_dataset(root / "small", sizes=(8, 4, 4))
+    write_random_dataset(root / "short_test", sizes=(16, 8, 8), frames={"test": 60})
+    write_random_dataset(root / "no_test_frames", sizes=(16, 8, 8), frames={"test": 49})
     (root / "occupied").mkdir()
     (root / "occupied" / "notes.txt").write_text("not a dataset\n")
     config = configs.override(configs.get_preset("tiny"), data_dir=str(data5))

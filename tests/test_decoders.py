@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nri_jax import decoders, graphs
+from nri_jax.rollouts import ONE_STEP, Teaching
 from helpers import numpy_variables as _numpy_variables
 
 
@@ -55,8 +56,10 @@ def _mlp_decoder_reference(p, x, edges, prediction_steps, skip_first):
     return np.stack(predictions, axis=2)
 
 
-def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size, divisor=None):
-    """divisor of the summed incoming messages: N-1 by default."""
+def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size, divisor=None,
+                           period=None):
+    """Ground truth for steps s < burn_in and, given a period, s % period == 0; divisor of
+    the summed incoming messages: N-1 by default."""
     p = p["step"]
     b, n, t, d = x.shape
     n_types = edges.shape[-1] - (1 if skip_first else 0)
@@ -64,7 +67,8 @@ def _rnn_decoder_reference(p, x, edges, burn_in, skip_first, hidden_size, diviso
     hidden = np.zeros((b, n, hidden_size))
     predictions = []
     for s in range(t - 1):
-        inp = x[:, :, s] if s < burn_in else predictions[-1]
+        teach = s < burn_in or (period is not None and s % period == 0)
+        inp = x[:, :, s] if teach else predictions[-1]
         msg = _messages(p["messages"], hidden, edges, np.tanh, skip_first) / n_types / divisor
         xi = inp @ p["gru"]["input"]["kernel"] + p["gru"]["input"]["bias"]
         mm = msg @ p["gru"]["message"]["kernel"]
@@ -100,29 +104,45 @@ def test_mlp_decoder_matches_reference(x64, shape, k, steps, skip_first):
     decoder = decoders.MLPDecoder(hidden=6, n_edge_types=k, skip_first=skip_first, dropout=0.5)
     x, edges = _inputs(shape, k, np.float64)
     variables = _numpy_variables(decoder, x, edges, train=False)
-    out = _apply(decoder, prediction_steps=steps)(variables, x, edges)
+    out = _apply(decoder, teaching=Teaching(period=steps))(variables, x, edges)
     assert out.shape == shape[:2] + (shape[2] - 1, shape[3])
     expected = _mlp_decoder_reference(_np(variables["params"]), np.asarray(x),
                                       np.asarray(edges, np.float64), steps, skip_first)
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, k, burn_in, skip_first, scale", [
-    ((2, 3, 7, 2), 2, 4, False, "incoming"),
-    ((1, 4, 5, 3), 3, None, True, "incoming"),  # default burn-in T - prediction_steps (>= 1)
-    ((2, 4, 6, 2), 2, 3, False, "state_dims"),  # the reference's divisor D = 2, not N-1 = 3
+@pytest.mark.parametrize("shape, k, burn_in, period, skip_first, scale", [
+    ((2, 3, 7, 2), 2, 4, None, False, "incoming"),
+    ((1, 4, 5, 3), 3, None, None, True, "incoming"),  # default: burn-in T - 10, at least 1
+    ((2, 4, 6, 2), 2, 3, None, False, "state_dims"),  # the reference's divisor D = 2, not N-1 = 3
+    ((1, 3, 9, 2), 2, 2, 3, True, "incoming"),  # a burn-in, then ground truth every 3 steps
 ])
-def test_rnn_decoder_matches_reference(x64, shape, k, burn_in, skip_first, scale):
+def test_rnn_decoder_matches_reference(x64, shape, k, burn_in, period, skip_first, scale):
     decoder = decoders.RNNDecoder(hidden=5, n_edge_types=k, skip_first=skip_first, dropout=0.5,
                                   message_scale=scale)
     x, edges = _inputs(shape, k, np.float64)
     variables = _numpy_variables(decoder, x, edges, train=False)
-    out = _apply(decoder, prediction_steps=10, burn_in_steps=burn_in)(variables, x, edges)
+    teaching = None if burn_in is None else Teaching(burn_in=burn_in, period=period)
+    out = _apply(decoder, teaching=teaching)(variables, x, edges)
     expected_burn_in = burn_in if burn_in is not None else max(shape[2] - 10, 1)
     expected = _rnn_decoder_reference(_np(variables["params"]), np.asarray(x),
                                       np.asarray(edges, np.float64), expected_burn_in,
-                                      skip_first, 5, None if scale == "incoming" else shape[3])
+                                      skip_first, 5, None if scale == "incoming" else shape[3],
+                                      period)
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_decoder_burn_in_needs_ground_truth_every_step(x64):
+    decoder = decoders.MLPDecoder(hidden=6, n_edge_types=2)
+    x, edges = _inputs((1, 3, 7, 2), 2, np.float64)
+    variables = _numpy_variables(decoder, x, edges, train=False)
+    # A burn-in with period 1 is one-step prediction everywhere, as ONE_STEP.
+    np.testing.assert_allclose(_apply(decoder, teaching=Teaching(burn_in=4, period=1))(
+        variables, x, edges), _apply(decoder, teaching=ONE_STEP)(variables, x, edges))
+    with pytest.raises(ValueError, match="evenly spaced.*burn_in=3, period=2"):
+        _apply(decoder, teaching=Teaching(burn_in=3, period=2))(variables, x, edges)
+    with pytest.raises(ValueError, match="burn_in must be an int >= 1, got 0"):
+        _apply(decoder, teaching=Teaching(burn_in=0))(variables, x, edges)
 
 
 @pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
@@ -131,7 +151,8 @@ def test_no_interaction_graph_decouples_objects(decoder_cls):
     b, n, t, d = 2, 4, 6, 2
     x, edges = _inputs((b, n, t, d), 2, seed=3)
     variables = _numpy_variables(decoder, x, edges, train=False)
-    run = _apply(decoder, prediction_steps=2, burn_in_steps=3)
+    run = _apply(decoder, teaching=decoder.protocol.training(t, prediction_steps=2,
+                                                             burn_in_steps=3))
 
     def apply(x, edges):
         return run(variables, x, edges)
@@ -176,7 +197,7 @@ def test_bfloat16_predictions_agree_with_float32(decoder_cls):
                    for c in ("float32", "bfloat16"))
     x, edges = _inputs((2, 4, 7, 3), 2, seed=7)
     variables = _numpy_variables(full, x, edges, train=False)
-    want, got = (np.asarray(_apply(m, prediction_steps=3, burn_in_steps=3)(variables, x, edges))
+    want, got = (np.asarray(_apply(m, teaching=m.protocol.training(7, 3, 3))(variables, x, edges))
                  for m in (full, mixed))
     assert got.dtype == np.float32
     # The residual x + delta is float32: only delta carries bfloat16 error, about
@@ -204,8 +225,8 @@ def test_remat_changes_memory_not_results(decoder_cls):
     variables = _numpy_variables(plain, x, edges, train=False)
 
     def grads(decoder):
-        loss = lambda v: jnp.sum(decoder.apply(v, x, edges, train=False, prediction_steps=2,
-                                               burn_in_steps=2) ** 2)
+        loss = lambda v: jnp.sum(decoder.apply(v, x, edges, train=False,
+                                               teaching=decoder.protocol.training(5, 2, 2)) ** 2)
         # Remat recomputes activations in another program, which may round them differently;
         # full float32 products (not a GPU's TF32) keep that at float32 round-off.
         with jax.default_matmul_precision("highest"):
@@ -230,7 +251,7 @@ def test_batch_chunks_change_the_order_of_work_not_results(x64, decoder_cls, chu
 
     def value_and_grads(decoder):
         loss = lambda v, e: jnp.sum(jnp.sin(decoder.apply(
-            v, x, e, train=False, prediction_steps=3, burn_in_steps=4)))
+            v, x, e, train=False, teaching=decoder.protocol.training(7, 3, 4))))
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, edges)
 
     assert decoders.batch_chunks(6, chunk_size) == {1: 6, 2: 3, 3: 2}[chunk_size]

@@ -40,12 +40,15 @@ ORBAX_TMP = ".orbax-checkpoint-tmp"
 TIMEOUT = 300.0
 
 
-def write_random_dataset(path, *, n_objects=5, sizes=(64, 32, 32), seed=0) -> pathlib.Path:
-    """A native springs-layout dataset of random walks with random symmetric edges."""
+def write_random_dataset(path, *, n_objects=5, sizes=(64, 32, 32), seed=0,
+                         frames=None) -> pathlib.Path:
+    """A native springs-layout dataset of random walks with random symmetric edges;
+    `frames` overrides the frames per split ({"test": 60})."""
     rng = np.random.default_rng(seed)
+    frames = {**FRAMES, **(frames or {})}
     splits = {}
     for split, n_sims in zip(formats.SPLITS, sizes):
-        shape = (n_sims, FRAMES[split], n_objects, 2)
+        shape = (n_sims, frames[split], n_objects, 2)
         vel = np.cumsum(rng.normal(0.0, 0.1, shape), axis=1)
         upper = np.triu(rng.integers(0, 2, (n_sims, n_objects, n_objects)), 1)
         splits[split] = {"loc": np.cumsum(0.1 * vel, axis=1).astype(np.float32),

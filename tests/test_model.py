@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from nri_jax import decoders, encoders, graphs, losses
-from nri_jax.model import NRI, ModelConfig, NRIOutput
+from nri_jax.model import NRI, ModelConfig, NRIOutput, decoder_protocol
+from nri_jax.rollouts import ONE_STEP, Teaching
 from helpers import numpy_variables as _numpy_variables
 
 TINY = dict(encoder_hidden=8, decoder_hidden=8)
@@ -54,7 +55,8 @@ def test_shapes_and_hard_samples_in_eval(config, shape):
     b, n, t, d = shape
     x = _normal(shape, 1)
     model = NRI(config)
-    out = _eval_apply(model, prediction_steps=2)(_numpy_variables(model, x, train=False), x)
+    teaching = decoder_protocol(config).training(t, prediction_steps=2)
+    out = _eval_apply(model, teaching=teaching)(_numpy_variables(model, x, train=False), x)
     assert isinstance(out, NRIOutput)
     k, e = config.n_edge_types, n * (n - 1)
     assert out.logits.shape == out.probs.shape == out.edges.shape == (b, e, k)
@@ -128,7 +130,7 @@ def test_config_fields_reach_the_encoder_and_decoder(config):
         jax.eval_shape(lambda: encoder.init(jax.random.key(0), x, train=False)))
     assert jax.tree.structure(part("decoder")) == jax.tree.structure(
         jax.eval_shape(lambda: decoder.init(jax.random.key(0), x, edges, train=False)))
-    steps = dict(prediction_steps=3, burn_in_steps=5)
+    steps = dict(teaching=decoder_protocol(c).training(x.shape[2], 3, 5))
     with jax.default_matmul_precision("highest"):  # float32 products on GPUs too (not TF32)
         logits, predictions = jax.jit(lambda v: (
             model.apply(v, x, train=False, method=NRI.encode),
@@ -158,7 +160,7 @@ def test_dropout_rates_reach_the_encoder_and_decoder(encoder_dropout, decoder_dr
         logits, _ = model.apply(variables, x, train=True, rngs={"dropout": key},
                                 mutable=["batch_stats"], method=NRI.encode)
         return logits, model.apply(variables, x, edges, train=True, rngs={"dropout": key},
-                                   prediction_steps=2, method=NRI.decode)
+                                   teaching=Teaching(period=2), method=NRI.decode)
 
     (logits0, predictions0), (logits1, predictions1) = (train_outputs(jax.random.key(s))
                                                         for s in (0, 1))
@@ -177,12 +179,13 @@ def test_given_edges_decoder_inputs_and_methods_agree_with_call():
     # full float32 products keep a GPU's TF32 rounding (~2^-11) out of the comparison.
     with jax.default_matmul_precision("highest"):
         out = jax.jit(lambda v, x, longer, e: model.apply(
-            v, x, train=False, prediction_steps=3, edges=e, decoder_inputs=longer))(
+            v, x, train=False, teaching=Teaching(period=3), edges=e, decoder_inputs=longer))(
                 variables, x, longer, given)
         logits = jax.jit(lambda v, x: model.apply(v, x, train=False, method=NRI.encode))(
             variables, x)
         predictions = jax.jit(lambda v, x, e: model.apply(
-            v, x, e, train=False, prediction_steps=3, method=NRI.decode))(variables, longer, given)
+            v, x, e, train=False, teaching=Teaching(period=3), method=NRI.decode))(
+                variables, longer, given)
     np.testing.assert_array_equal(out.edges, given)
     assert out.predictions.shape == (2, 3, 7, 2)
     for got, want in ((logits, out.logits), (predictions, out.predictions)):
@@ -200,7 +203,7 @@ def test_train_step_is_finite_and_does_not_recompile():
         gumbel_key, dropout_key = jax.random.split(key)
         out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                    rngs={"gumbel": gumbel_key, "dropout": dropout_key},
-                                   mutable=["batch_stats"], prediction_steps=2)
+                                   mutable=["batch_stats"], teaching=Teaching(period=2))
         nll = losses.gaussian_nll(out.predictions, x[:, :, 1:], variance=5e-5)
         kl = losses.kl_categorical_uniform(out.probs)
         return jnp.mean(nll + kl) / x.shape[1], (updates["batch_stats"], out.edges)
@@ -259,7 +262,7 @@ def test_mlp_decoder_learns_springs_with_the_true_graph_not_the_wrong_one():
 
     @jax.jit
     def loss_fn(params, edges):
-        predictions = decoder.apply({"params": params}, x, edges, train=False, prediction_steps=1)
+        predictions = decoder.apply({"params": params}, x, edges, train=False, teaching=ONE_STEP)
         return jnp.mean(jnp.square(predictions - x[:, :, 1:]))
 
     @jax.jit
@@ -298,7 +301,8 @@ def test_bfloat16_train_step_agrees_with_float32(config):
         def loss_fn(params):
             out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
                                  train=True, rngs={"gumbel": jax.random.key(2)},
-                                 mutable=["batch_stats"], prediction_steps=2)
+                                 mutable=["batch_stats"],
+                                 teaching=decoder_protocol(config).training(x.shape[2], 2))
             nll = losses.gaussian_nll(out.predictions, x[:, :, 1:], variance=5e-5)
             return jnp.mean(nll + losses.kl_categorical_uniform(out.probs)), out.logits
         return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])

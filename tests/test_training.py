@@ -9,7 +9,8 @@ import pytest
 
 from nri_jax import configs, sampling, training
 from nri_jax import data as data_lib
-from nri_jax.model import NRI
+from nri_jax.model import NRI, decoder_protocol
+from nri_jax.rollouts import ONE_STEP, Teaching
 
 B, N, T, D = 8, 4, 12, 4
 
@@ -46,7 +47,8 @@ def _train_forward(model, state, features, key):
     gumbel_key, dropout_key = jax.random.split(key)
     out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          features, train=True, mutable=["batch_stats"],
-                         rngs={"gumbel": gumbel_key, "dropout": dropout_key}, prediction_steps=5)
+                         rngs={"gumbel": gumbel_key, "dropout": dropout_key},
+                         teaching=Teaching(period=5))
     return out
 
 
@@ -153,7 +155,7 @@ def test_test_step_reports_every_horizon(setup):
                           jnp.zeros((B, N * (N - 1)), jnp.int32))
     step = training.make_test_step(model, config, n_encoder_frames=T)
     sums = step(state, long, jnp.arange(B), jnp.ones(B), jax.random.key(0))
-    assert sums["mse_by_horizon"].shape == (training.test_horizon(config, 2 * T + 1, T),)
+    assert sums["mse_by_horizon"].shape == (decoder_protocol(config.model).horizon(2 * T + 1, T),)
     report = training.summarise(sums)
     assert len(report["mse_by_horizon"]) == T
     assert np.all(np.isfinite(report["mse_by_horizon"]))
@@ -230,7 +232,7 @@ def test_validation_nll_is_of_one_step_predictions(setup):
     edges = jax.jit(lambda x: model.apply(variables, x, train=False,
                                           rngs={"gumbel": key}).edges)(x)
     decode_pair = jax.jit(lambda pair: model.apply(variables, pair, edges, train=False,
-                                                   prediction_steps=1, method=NRI.decode))
+                                                   teaching=ONE_STEP, method=NRI.decode))
     one_step = np.stack([np.asarray(decode_pair(x[:, :, t:t + 2]), np.float64)[:, :, 0]
                          for t in range(T - 1)], axis=2)
     assert set(np.unique(np.asarray(edges)).tolist()) <= {0.0, 1.0}  # hard samples
@@ -248,10 +250,11 @@ def test_burn_in_steps_reach_the_train_step(setup):
 
     class Recording(NRI):
         def __call__(self, inputs, **kwargs):
-            seen.append(kwargs.get("burn_in_steps"))
+            seen.append(kwargs.get("teaching"))
             return super().__call__(inputs, **kwargs)
 
     for burn_in, expected in ((3, 3), (None, T - config.train.prediction_steps)):
+        expected = Teaching(burn_in=expected)
         cfg = configs.override(config, decoder="rnn", burn_in_steps=burn_in)
         model = Recording(cfg.model)
         state = jax.eval_shape(functools.partial(training.init_state, model=model, tx=tx),
@@ -272,13 +275,13 @@ def test_test_step_encodes_the_first_frames_and_rolls_out_from_the_last_one(setu
     key = jax.random.key(4)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     x = long.features
-    horizon = training.test_horizon(config, 2 * T + 1, T)
+    horizon = decoder_protocol(config.model).horizon(2 * T + 1, T)
     sums = training.make_test_step(model, config, n_encoder_frames=T)(
         state, long, jnp.arange(B), jnp.ones(B), key)
     logits = model.apply(variables, x[:, :, :T], train=False, method=NRI.encode)
     edges = sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
     step = jax.jit(lambda frame: model.apply(variables, jnp.stack([frame, frame], 2), edges,
-                                             train=False, prediction_steps=1,
+                                             train=False, teaching=ONE_STEP,
                                              method=NRI.decode)[:, :, 0])
     frame, errors = x[:, :, T], []
     for h in range(horizon):  # feed back its own prediction, frame by frame
