@@ -18,6 +18,8 @@ from nri_jax.model import ModelConfig
 
 SYSTEMS = ("springs", "charged", "kuramoto")
 PRIORS = ("uniform", "sparse")
+# What a run trains (TrainConfig.method).
+METHODS = ("nri", "supervised", "true-graph", "full-graph")
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -89,6 +91,11 @@ class TrainConfig:
         epoch (`simulators.symmetries`): a relabelling of its objects and, for
         springs and charged, one of the box's 8 rotations and reflections.
       n_devices: devices to shard the batch over; None uses all visible ones.
+      method: what the run trains: "nri" (the VAE, NLL + KL), "supervised"
+        (the encoder alone, cross-entropy on the true edge labels: the paper's
+        upper bound for edge recovery), "true-graph" or "full-graph" (the
+        decoder alone, NLL of its predictions through the true or the fully
+        connected graph: the paper's prediction baselines).
     """
 
     epochs: int = 500
@@ -108,6 +115,7 @@ class TrainConfig:
     online_data: bool = False
     augment: bool = False
     n_devices: int | None = None
+    method: str = "nri"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "lr_decay_every", "prediction_steps",
@@ -128,6 +136,7 @@ class TrainConfig:
         _check(0 < self.no_edge_prob < 1, "no_edge_prob", self.no_edge_prob, "in (0, 1)")
         _check(self.n_devices is None or self.n_devices > 0, "n_devices", self.n_devices,
                "positive or None")
+        _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,11 +135,19 @@ def _raise_on_every_process(error: Exception | None, what: str) -> None:
 
 
 def _log_line(epoch: int, epochs: int, record: dict) -> str:
+    """One epoch's line: the loss terms and accuracies the run's method reports."""
     t, v = record["train"], record["valid"]
-    return (f"epoch {epoch + 1}/{epochs} | train loss {t['loss']:.4g} nll {t['nll']:.4g} "
-            f"kl {t['kl']:.4g} acc {t['edge_accuracy_best_permutation']:.3f} | valid nll "
-            f"{v['nll']:.4g} mse {v['mse']:.3g} acc {v['edge_accuracy']:.3f} "
-            f"(best perm {v['edge_accuracy_best_permutation']:.3f}) | "
+
+    def terms(split: dict, names: tuple[str, ...]) -> str:
+        shown = [f"{name.replace('cross_entropy', 'xent')} {split[name]:.4g}"
+                 for name in names if name in split]
+        if "edge_accuracy" in split:
+            shown.append(f"acc {split['edge_accuracy']:.3f} "
+                         f"(best perm {split['edge_accuracy_best_permutation']:.3f})")
+        return " ".join(shown)
+
+    return (f"epoch {epoch + 1}/{epochs} | train {terms(t, ('loss', 'nll', 'kl', 'cross_entropy'))}"
+            f" | valid {terms(v, ('nll', 'cross_entropy', 'mse'))} | "
             f"{record['samples_per_s']:.0f} samples/s")
 
 
@@ -353,7 +361,8 @@ def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> l
 
 
 def _resume(run: Run) -> tuple[int, float]:
-    """Restores the latest checkpoint; returns (first epoch to run, best validation NLL)."""
+    """Restores the latest checkpoint; returns (first epoch to run, best validation NLL;
+    for the supervised encoder its cross-entropy, `training.selection_metric`)."""
     if run.latest.all_steps():
         meta = run.restore("latest")
     else:  # killed before the first checkpoint: start again
@@ -466,9 +475,10 @@ def _train(run: Run, start: int, best_nll: float, log) -> None:
                   "samples_per_s": run.steps_per_epoch * config.train.batch_size / seconds}
         _append_metrics(run.workdir, record)
         log(_log_line(epoch, config.train.epochs, record))
-        meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, valid_metrics["nll"])}
-        if valid_metrics["nll"] < best_nll:
-            best_nll = valid_metrics["nll"]
+        selected = valid_metrics[training.selection_metric(config)]
+        meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, selected)}
+        if selected < best_nll:
+            best_nll = selected
             checkpointing.save(run.best, epoch + 1, run.state, meta)
         checkpointing.save(run.latest, epoch + 1, run.state, meta)
 
@@ -491,10 +501,12 @@ def write_report(workdir: pathlib.Path, report: dict, log=print, out: pathlib.Pa
 
 
 def markdown_report(report: dict) -> str:
+    """The report's edge accuracies, NLL and MSE at a few horizons (those it has)."""
     lines = ["| metric | value |", "|---|---|"]
-    for key in ("edge_accuracy", "edge_accuracy_best_permutation", "nll"):
-        lines.append(f"| {key} | {report[key]:.4f} |")
-    for h, mse in enumerate(report["mse_by_horizon"], start=1):
+    for key in ("edge_accuracy", "edge_accuracy_best_permutation", "nll", "cross_entropy"):
+        if key in report:
+            lines.append(f"| {key} | {report[key]:.4f} |")
+    for h, mse in enumerate(report.get("mse_by_horizon", ()), start=1):
         if h in (1, 5, 10, 20, 49) or h == len(report["mse_by_horizon"]):
             lines.append(f"| mse at horizon {h} | {mse:.3e} |")
     return "\n".join(lines) + "\n"
@@ -668,19 +680,24 @@ def predict_examples(run: Run, n_examples: int = 4, split: str = "test") -> dict
     """Inferred graphs and open-loop predictions for the first examples of a split.
 
     Returns host arrays: `features` [B, N, T, D], `labels` [B, E], `probs`
-    [B, E, K] (encoder on the first n_encoder_frames), and `predictions`
-    [B, N, H, D], the open-loop rollout of frames t_enc+1..t_enc+H from frame
-    t_enc (H = the test horizon), decoded through the hard-sampled graph.
+    [B, E, K] (encoder on the first n_encoder_frames; a decoder-only method's
+    given graph), and `predictions` [B, N, H, D], the open-loop rollout of
+    frames t_enc+1..t_enc+H from frame t_enc (H = the test horizon), decoded
+    through the argmax graph (None for the supervised encoder, which trains no
+    decoder).
     """
     n_examples = min(n_examples, run.sizes[split])
     first = jax.jit(lambda a: a[:n_examples], out_shardings=data_lib.replicated(run.mesh))
     x, labels = first(run.splits[split].features), first(run.splits[split].labels)
     variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
     t_enc = run.n_encoder_frames
-    logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)
-    probs = jax.nn.softmax(logits, axis=-1)
-    edges = jax.nn.one_hot(np.argmax(logits, -1), run.config.model.n_edge_types)
-    predictions = training.open_loop(run.model, variables, x, edges, run.config, t_enc)
+    probs = training.given_edges(run.config, labels)
+    if probs is None:
+        logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)
+        probs = jax.nn.softmax(logits, axis=-1)
+    edges = jax.nn.one_hot(np.argmax(probs, -1), run.config.model.n_edge_types)
+    predictions = (None if run.config.train.method == "supervised" else
+                   training.open_loop(run.model, variables, x, edges, run.config, t_enc))
     return jax.device_get({"features": x, "labels": labels, "probs": probs,
                            "predictions": predictions})
 
@@ -692,13 +709,14 @@ def write_plots(run: Run, report: dict, out_dir: pathlib.Path) -> list[pathlib.P
     out_dir.mkdir(parents=True, exist_ok=True)
     ex = predict_examples(run)
     t_enc = run.n_encoder_frames
-    figures = {"graphs.png": plotting.graph_comparison(ex["labels"], ex["probs"]),
-               "mse_by_horizon.png": plotting.mse_by_horizon(report["mse_by_horizon"])}
-    horizon = ex["predictions"].shape[2]
-    for b in range(min(2, len(ex["labels"]))):
-        figures[f"trajectory_{b}.png"] = plotting.trajectories(
-            ex["features"][b, :, t_enc: t_enc + horizon + 1], ex["predictions"][b],
-            labels=ex["labels"][b], title=f"test example {b}")
+    figures = {"graphs.png": plotting.graph_comparison(ex["labels"], ex["probs"])}
+    if ex["predictions"] is not None:
+        figures["mse_by_horizon.png"] = plotting.mse_by_horizon(report["mse_by_horizon"])
+        horizon = ex["predictions"].shape[2]
+        for b in range(min(2, len(ex["labels"]))):
+            figures[f"trajectory_{b}.png"] = plotting.trajectories(
+                ex["features"][b, :, t_enc: t_enc + horizon + 1], ex["predictions"][b],
+                labels=ex["labels"][b], title=f"test example {b}")
     records = read_metrics(run.workdir)
     if records:
         figures["training_curves.png"] = plotting.training_curves(records)

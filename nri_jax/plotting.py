@@ -80,14 +80,21 @@ def trajectories(true: np.ndarray, predicted: np.ndarray | None = None, *,
 
 
 def training_curves(records: Sequence[dict]):
-    """Loss terms and edge accuracy per epoch from metrics.jsonl records."""
+    """Loss terms and edge accuracy per epoch from metrics.jsonl records (the terms the
+    run's method reports: NLL and KL, or the supervised encoder's cross-entropy)."""
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    first = records[0]
     for split, style in (("train", "-"), ("valid", "--")):
-        ax_loss.plot(epochs, [r[split]["nll"] for r in records], style, label=f"{split} NLL")
-        ax_acc.plot(epochs, [r[split]["edge_accuracy_best_permutation"] for r in records],
-                    style, label=f"{split} (best permutation)")
-    ax_loss.plot(epochs, [r["train"]["kl"] for r in records], ":", label="train KL")
+        for key, name in (("nll", "NLL"), ("cross_entropy", "cross-entropy")):
+            if key in first[split]:
+                ax_loss.plot(epochs, [r[split][key] for r in records], style,
+                             label=f"{split} {name}")
+        if "edge_accuracy_best_permutation" in first[split]:
+            ax_acc.plot(epochs, [r[split]["edge_accuracy_best_permutation"] for r in records],
+                        style, label=f"{split} (best permutation)")
+    if "kl" in first["train"]:
+        ax_loss.plot(epochs, [r["train"]["kl"] for r in records], ":", label="train KL")
     ax_loss.set_yscale("symlog")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("per-object loss")

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from nri_jax import data as data_lib
-from nri_jax import losses, metrics, sampling
+from nri_jax import decoders, losses, metrics, sampling
 from nri_jax.configs import Config, TrainConfig
 from nri_jax.model import NRI, decoder_protocol
 from nri_jax.rollouts import ONE_STEP, Teaching
@@ -99,10 +99,35 @@ def training_teaching(config: Config, n_frames: int) -> Teaching:
 
 def _loss_terms(output, inputs: jax.Array, config: Config) -> tuple[jax.Array, jax.Array]:
     """Per-example NLL and KL, each divided by N (the reference normalisation), [B]."""
-    n_objects = inputs.shape[1]
-    nll = losses.gaussian_nll(output.predictions, inputs[:, :, 1:],
-                              variance=config.train.variance)
-    return nll / n_objects, _kl(output.probs, config) / n_objects
+    return _nll(output.predictions, inputs, config), _kl(output.probs, config) / inputs.shape[1]
+
+
+def _nll(predictions: jax.Array, inputs: jax.Array, config: Config) -> jax.Array:
+    """Per-example Gaussian NLL of predictions of frames 1.. of `inputs`, divided by N, [B]."""
+    nll = losses.gaussian_nll(predictions, inputs[:, :, 1:], variance=config.train.variance)
+    return nll / inputs.shape[1]
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy of the edge types, averaged over the edges, [B]."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), axis=-1)
+
+
+def given_edges(config: Config, labels: jax.Array) -> jax.Array | None:
+    """The graph a decoder-only method decodes through, [B, E, K] one-hot: the true
+    graph or every edge of type 1; None for the methods that train the encoder."""
+    k = config.model.n_edge_types
+    if config.train.method == "true-graph":
+        return decoders.one_hot_edges(labels, k)
+    if config.train.method == "full-graph":
+        return decoders.fully_connected_edges(labels.shape[0], labels.shape[1], k)
+    return None
+
+
+def selection_metric(config: Config) -> str:
+    """The validation metric whose minimum picks the best checkpoint: the NLL, or for
+    the supervised encoder (no decoder trained) the cross-entropy."""
+    return "cross_entropy" if config.train.method == "supervised" else "nll"
 
 
 def _edge_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
@@ -122,40 +147,57 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
                     mesh=None) -> Callable:
     """Builds the jitted `train_step(state, split, indices, key) -> (state, metrics)`.
 
-    `indices` [B] selects the batch from the device-resident `split`.
+    `indices` [B] selects the batch from the device-resident `split`. What the
+    step trains is `config.train.method`'s: the VAE (NLL + KL), the encoder alone
+    (cross-entropy) or the decoder alone through a given graph (NLL); the other
+    part's parameters get no gradient and its BatchNorm statistics stay as they are.
     """
+    method = config.train.method
 
     def loss_fn(params, state, batch, key):
         gumbel_key, dropout_key = jax.random.split(key)
-        output, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, batch.features,
-            train=True, rngs={"gumbel": gumbel_key, "dropout": dropout_key},
-            mutable=["batch_stats"],
-            teaching=training_teaching(config, batch.features.shape[2]))
-        nll, kl = _loss_terms(output, batch.features, config)
-        loss = jnp.mean(nll + kl)
-        return loss, (updates["batch_stats"], output, nll, kl)
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        apply = functools.partial(model.apply, variables, batch.features, train=True,
+                                  rngs={"gumbel": gumbel_key, "dropout": dropout_key},
+                                  mutable=["batch_stats"])
+        x, teaching = batch.features, training_teaching(config, batch.features.shape[2])
+        given = given_edges(config, batch.labels)
+        if method == "supervised":
+            logits, updates = apply(method=NRI.encode)
+            ce = _cross_entropy(logits, batch.labels)
+            terms = {"loss": ce, "cross_entropy": ce}
+        elif given is not None:
+            logits = None
+            predictions, updates = apply(given, teaching=teaching, method=NRI.decode)
+            nll = _nll(predictions, x, config)
+            terms = {"loss": nll, "nll": nll, "mse": metrics.mse(predictions, x[:, :, 1:])}
+        else:
+            output, updates = apply(teaching=teaching)
+            logits = output.logits
+            nll, kl = _loss_terms(output, x, config)
+            terms = {"loss": nll + kl, "nll": nll, "kl": kl,
+                     "mse": metrics.mse(output.predictions, x[:, :, 1:])}
+        batch_stats = {**state.batch_stats, **updates.get("batch_stats", {})}
+        return jnp.mean(terms["loss"]), (batch_stats, terms, logits)
 
     def train_step(state: TrainState, split: data_lib.Split, indices, key):
         batch = data_lib.gather(split, indices, mesh)
-        grads, (batch_stats, output, nll, kl) = jax.grad(loss_fn, has_aux=True)(
+        grads, (batch_stats, terms, logits) = jax.grad(loss_fn, has_aux=True)(
             state.params, state, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(step=state.step + 1,
                                params=optax.apply_updates(state.params, updates),
                                batch_stats=batch_stats, opt_state=opt_state)
         ones = jnp.ones(indices.shape, jnp.float32)
+        finite = jnp.isfinite(jnp.sum(terms["loss"]))
         sums = {
             "count": jnp.sum(ones),
-            "loss": jnp.sum(nll + kl),
-            "nll": jnp.sum(nll),
-            "kl": jnp.sum(kl),
-            "mse": jnp.sum(metrics.mse(output.predictions, batch.features[:, :, 1:])),
-            "nonfinite_steps": jnp.where(jnp.isfinite(jnp.sum(nll + kl)), 0, 1),
-            "first_nonfinite_step": jnp.where(jnp.isfinite(jnp.sum(nll + kl)),
-                                              jnp.iinfo(jnp.int32).max, state.step),
-            **_edge_metrics(output.logits, batch.labels, ones, config.model.n_edge_types),
+            **{name: jnp.sum(value) for name, value in terms.items()},
+            "nonfinite_steps": jnp.where(finite, 0, 1),
+            "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),
         }
+        if logits is not None:
+            sums.update(_edge_metrics(logits, batch.labels, ones, config.model.n_edge_types))
         return new_state, sums
 
     return _jit(train_step, mesh)
@@ -165,18 +207,34 @@ def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:
     """Builds the jitted validation step: hard samples, one-step predictions.
 
     `eval_step(state, split, indices, weights, key) -> metrics`; rows with
-    weight 0 (padding) do not count.
+    weight 0 (padding) do not count. The supervised encoder is scored by its
+    cross-entropy and edge accuracy, a decoder-only method by its NLL through
+    the given graph.
     """
+    method = config.train.method
 
     def eval_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
-        output = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             batch.features, train=False, rngs={"gumbel": key},
-                             teaching=ONE_STEP)
-        nll, kl = _loss_terms(output, batch.features, config)
-        mse = metrics.mse(output.predictions, batch.features[:, :, 1:])
+        x = batch.features
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        sums = {"count": jnp.sum(weights)}
+        given = given_edges(config, batch.labels)
+        if method == "supervised":
+            logits = model.apply(variables, x, train=False, method=NRI.encode)
+            ce = _cross_entropy(logits, batch.labels)
+            return {**sums, "loss": weights @ ce, "cross_entropy": weights @ ce,
+                    **_edge_metrics(logits, batch.labels, weights, config.model.n_edge_types)}
+        if given is not None:
+            predictions = model.apply(variables, x, given, train=False, teaching=ONE_STEP,
+                                      method=NRI.decode)
+            nll = _nll(predictions, x, config)
+            return {**sums, "loss": weights @ nll, "nll": weights @ nll,
+                    "mse": weights @ metrics.mse(predictions, x[:, :, 1:])}
+        output = model.apply(variables, x, train=False, rngs={"gumbel": key}, teaching=ONE_STEP)
+        nll, kl = _loss_terms(output, x, config)
+        mse = metrics.mse(output.predictions, x[:, :, 1:])
         return {
-            "count": jnp.sum(weights),
+            **sums,
             "loss": weights @ (nll + kl),
             "nll": weights @ nll,
             "kl": weights @ kl,
@@ -212,30 +270,39 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
 
     The encoder sees the first `n_encoder_frames` frames; the NLL is of one-step
     predictions over the last `n_encoder_frames` frames; the open-loop MSE at
-    horizons 1..H starts from the ground-truth frame `n_encoder_frames`.
+    horizons 1..H starts from the ground-truth frame `n_encoder_frames`. The
+    supervised encoder reports edge recovery alone, a decoder-only method
+    prediction alone (through its given graph).
     """
     variables = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
     t_enc = n_encoder_frames
+    method = config.train.method
 
     def test_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
         x = batch.features
+        sums = {"count": jnp.sum(weights)}
+        given = given_edges(config, batch.labels)
+        if given is None:
+            logits = model.apply(variables(state), x[:, :, :t_enc], train=False,
+                                 method=NRI.encode)
+            sums.update(_edge_metrics(logits, batch.labels, weights, config.model.n_edge_types))
+            if method == "supervised":
+                return {**sums, "cross_entropy": weights @ _cross_entropy(logits, batch.labels)}
         horizon = decoder_protocol(config.model).horizon(x.shape[2], t_enc)
-        logits = model.apply(variables(state), x[:, :, :t_enc], train=False, method=NRI.encode)
-        edges = sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
+        edges = (sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
+                 if given is None else given)
         tail = x[:, :, -t_enc:]
         one_step = model.apply(variables(state), tail, edges, train=False, teaching=ONE_STEP,
                                method=NRI.decode)
-        nll = losses.gaussian_nll(one_step, tail[:, :, 1:], variance=config.train.variance)
         predictions = open_loop(model, variables(state), x, edges, config, t_enc)
         mse_h = metrics.mse_by_horizon(predictions, x[:, :, t_enc + 1: t_enc + horizon + 1],
                                        prediction_steps=horizon)
         return {
-            "count": jnp.sum(weights),
-            "nll": weights @ (nll / x.shape[1]),
+            **sums,
+            "nll": weights @ _nll(one_step, tail, config),
             "mse": weights @ metrics.mse(one_step, tail[:, :, 1:]),
             "mse_by_horizon": weights @ mse_h,
-            **_edge_metrics(logits, batch.labels, weights, config.model.n_edge_types),
         }
 
     return _jit(test_step, mesh)
@@ -265,6 +332,8 @@ def summarise(total: Metrics) -> dict[str, Any]:
             continue
         value = np.asarray(value, np.float64) / count
         out[key] = value.tolist() if value.ndim else float(value)
+    if "confusion" not in total:  # a decoder-only method: no edges inferred
+        return out
     confusion = np.asarray(total["confusion"], np.float64)
     out["edge_accuracy"] = float(np.trace(confusion) / confusion.sum())
     best, perm = metrics.best_permutation_accuracy(confusion)

@@ -66,6 +66,7 @@ TRAIN = [
     ("unknown encoder", tiny("--encoder", "gnn"), [r"encoder.*'gnn'"]),
     ("unknown decoder", tiny("--decoder", "transformer"), [r"decoder.*'transformer'"]),
     ("unknown prior", tiny("--prior", "laplace"), [r"prior.*'laplace'"]),
+    ("unknown method", tiny("--method", "lstm"), [r"method.*'lstm'"]),
     ("unknown compute dtype", tiny("--compute-dtype", "float16"), [r"compute_dtype.*'float16'"]),
     ("prediction_steps beyond the frames", tiny("--prediction-steps", "49"),
      [r"prediction_steps=49\b"]),
