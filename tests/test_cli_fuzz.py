@@ -117,6 +117,8 @@ EVALUATE = [
     ("--out in a missing directory", ["{run}", "--out", "{tmp}/no/report.json"],
      [r"--out.*{tmp}/no/report\.json"]),
     ("run without checkpoints", ["{run}"], [r"{run}/checkpoints/best"]),
+    ("two runs without --table", ["{run}", "{garbled}"], [r"one run directory at a time, got 2"]),
+    ("--table with --plots", ["--table", "{run}", "--plots"], [r"--table.*--plots"]),
 ]
 
 CASES = ([pytest.param(train.main, argv, patterns, id=f"train: {name}")
