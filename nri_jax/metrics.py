@@ -100,7 +100,7 @@ def mse_by_horizon(predictions: jax.Array, targets: jax.Array, *,
     """MSE at each horizon h = 1..P of a decoder fed ground truth every P frames.
 
     Prediction t (of frame t+1) is h = t mod P + 1 steps past its last
-    ground-truth input (`decoders.MLPDecoder` with prediction_steps=P).
+    ground-truth input (`decoders.MLPDecoder` with ``Teaching(period=P)``).
 
     Args:
       predictions, targets: [B, N, T', D] with T' >= P.

@@ -2,7 +2,8 @@
 
 Each run directory contributes a row to the tables its method reports in: edge
 recovery (NRI, the supervised encoder) and prediction error (NRI, the decoders
-with a given graph), read from its test report (`report.json`, written by
+with a given graph, and the static baseline on the run's test data), read from
+its test report (`report.json`, written by
 `train.py` and `evaluate.py`). The published figures stand beside each row
 where the paper has one for the same method and benchmark.
 """
@@ -56,12 +57,13 @@ def tables(run_dirs: list[str | os.PathLike]) -> dict:
       have benchmark, method, run, edge_accuracy_best_permutation,
       edge_accuracy and paper (None where unpublished); table 2 rows have
       benchmark, method, run, mse (horizon -> value, None past the report's
-      horizons) and paper (horizon -> value).
+      horizons) and paper (horizon -> value); a run's report also gives the
+      static baseline's row for its test data (once per benchmark and values).
 
     Raises:
       RunDirError: a directory is not a run or has no test report.
     """
-    table1, table2 = [], []
+    table1, table2, statics = [], [], []
     for run_dir in run_dirs:
         row = _row(pathlib.Path(run_dir))
         report, key = row.pop("report"), row.pop("key")
@@ -70,11 +72,15 @@ def tables(run_dirs: list[str | os.PathLike]) -> dict:
                            report["edge_accuracy_best_permutation"],
                            "edge_accuracy": report["edge_accuracy"],
                            "paper": PAPER_ACCURACY.get(key)})
+        at = lambda mse: {h: mse[h - 1] if h <= len(mse) else None for h in HORIZONS}
         if "mse_by_horizon" in report:
-            mse = report["mse_by_horizon"]
-            table2.append({**row, "mse": {h: mse[h - 1] if h <= len(mse) else None
-                                          for h in HORIZONS},
+            table2.append({**row, "mse": at(report["mse_by_horizon"]),
                            "paper": PAPER_MSE.get(key, {})})
+        static = report.get("static_mse_by_horizon")
+        if static is not None and (row["benchmark"], at(static)) not in statics:
+            statics.append((row["benchmark"], at(static)))
+            table2.append({**row, "method": "static (repeats the last frame the encoder saw)",
+                           "mse": at(static), "paper": PAPER_MSE.get(("static",) + key[1:], {})})
     return {"source": PAPER_SOURCE, "table1": table1, "table2": table2}
 
 

@@ -272,7 +272,9 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
     predictions over the last `n_encoder_frames` frames; the open-loop MSE at
     horizons 1..H starts from the ground-truth frame `n_encoder_frames`. The
     supervised encoder reports edge recovery alone, a decoder-only method
-    prediction alone (through its given graph).
+    prediction alone (through its given graph). Every report also carries the
+    static baseline's MSE at the same horizons (`static_mse_by_horizon`: frame
+    `n_encoder_frames` repeated), which depends on the test data alone.
     """
     variables = lambda s: {"params": s.params, "batch_stats": s.batch_stats}
     t_enc = n_encoder_frames
@@ -281,7 +283,12 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
     def test_step(state: TrainState, split: data_lib.Split, indices, weights, key):
         batch = data_lib.gather(split, indices, mesh)
         x = batch.features
-        sums = {"count": jnp.sum(weights)}
+        horizon = decoder_protocol(config.model).horizon(x.shape[2], t_enc)
+        targets = x[:, :, t_enc + 1: t_enc + horizon + 1]
+        # The static baseline: the last frame the encoder saw, repeated.
+        static = jnp.broadcast_to(x[:, :, t_enc: t_enc + 1], targets.shape)
+        static_mse = metrics.mse_by_horizon(static, targets, prediction_steps=horizon)
+        sums = {"count": jnp.sum(weights), "static_mse_by_horizon": weights @ static_mse}
         given = given_edges(config, batch.labels)
         if given is None:
             logits = model.apply(variables(state), x[:, :, :t_enc], train=False,
@@ -289,15 +296,13 @@ def make_test_step(model: NRI, config: Config, n_encoder_frames: int, mesh=None)
             sums.update(_edge_metrics(logits, batch.labels, weights, config.model.n_edge_types))
             if method == "supervised":
                 return {**sums, "cross_entropy": weights @ _cross_entropy(logits, batch.labels)}
-        horizon = decoder_protocol(config.model).horizon(x.shape[2], t_enc)
         edges = (sampling.gumbel_softmax(key, logits, tau=config.model.tau, hard=True)
                  if given is None else given)
         tail = x[:, :, -t_enc:]
         one_step = model.apply(variables(state), tail, edges, train=False, teaching=ONE_STEP,
                                method=NRI.decode)
         predictions = open_loop(model, variables(state), x, edges, config, t_enc)
-        mse_h = metrics.mse_by_horizon(predictions, x[:, :, t_enc + 1: t_enc + horizon + 1],
-                                       prediction_steps=horizon)
+        mse_h = metrics.mse_by_horizon(predictions, targets, prediction_steps=horizon)
         return {
             **sums,
             "nll": weights @ _nll(one_step, tail, config),

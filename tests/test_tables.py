@@ -18,13 +18,22 @@ def _run(path, report, **changes):
 
 def test_table_has_a_row_per_run_in_the_tables_its_method_reports(tmp_path, capsys):
     mse = [1e-6 * (h + 1) for h in range(20)]
+    static = [1e-3 * (h + 1) for h in range(20)]
     nri = _run(tmp_path / "nri", {"edge_accuracy": 0.25, "edge_accuracy_best_permutation": 0.75,
-                                  "mse_by_horizon": mse})
+                                  "mse_by_horizon": mse, "static_mse_by_horizon": static})
+    same_data = _run(tmp_path / "same_data", {"nll": 1.0, "mse_by_horizon": mse,
+                                              "static_mse_by_horizon": static},
+                     method="full-graph")
     graph = _run(tmp_path / "graph", {"nll": 1.0, "mse_by_horizon": mse[:10]},
                  method="true-graph", system="charged", decoder="rnn")
     out = tmp_path / "tables.json"
-    assert evaluate.main(["--table", str(nri), str(graph), "--out", str(out)]) == 0
+    assert evaluate.main(["--table", str(nri), str(same_data), str(graph),
+                          "--out", str(out)]) == 0
     text = capsys.readouterr().out
+    # The static baseline comes from the test data: one row for the two springs runs.
+    assert text.count("| springs 5 | static (repeats the last frame the encoder saw) | "
+                      f"{nri} | 1.00e-03 | 1.00e-02 | 2.00e-02 | - |") == 1
+    assert "static" not in text.split("charged 5")[1]
     assert (f"| springs 5 | nri (mlp encoder, mlp decoder) | {nri} | 0.7500 | 0.2500 | 0.999 |"
             in text)
     assert f"| springs 5 | nri (mlp encoder, mlp decoder) | {nri} | 1.00e-06 | 1.00e-05 | " \
@@ -34,8 +43,9 @@ def test_table_has_a_row_per_run_in_the_tables_its_method_reports(tmp_path, caps
            in text and text.count(str(graph)) == 1
     result = json.loads(out.read_text())
     assert [r["run"] for r in result["table1"]] == [str(nri)]
-    assert [r["run"] for r in result["table2"]] == [str(nri), str(graph)]
-    assert result["table2"][1]["mse"] == {"1": mse[0], "10": mse[9], "20": None}
+    assert [r["run"] for r in result["table2"]] == [str(nri), str(nri), str(same_data),
+                                                    str(graph)]
+    assert result["table2"][3]["mse"] == {"1": mse[0], "10": mse[9], "20": None}
     assert result["source"] == tables.PAPER_SOURCE
 
 

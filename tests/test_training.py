@@ -291,3 +291,19 @@ def test_test_step_encodes_the_first_frames_and_rolls_out_from_the_last_one(setu
     np.testing.assert_array_equal(sums["confusion"], _numpy_confusion(logits, long.labels, 2))
     np.testing.assert_allclose(sums["mse_by_horizon"], np.sum(errors, axis=1),
                                rtol=64 * horizon * np.finfo(np.float32).eps)
+
+
+def test_test_step_reports_the_static_baseline(setup):
+    """Frame t_enc repeated, against each of the next H frames: from the data alone."""
+    config, _, model, _, state = setup
+    rng = np.random.default_rng(3)
+    long = data_lib.Split(jnp.asarray(rng.normal(size=(B, N, 2 * T + 1, D)), jnp.float32),
+                          jnp.zeros((B, N * (N - 1)), jnp.int32))
+    weights = jnp.asarray(rng.integers(0, 2, size=B), jnp.float32)  # padding rows count 0
+    sums = training.make_test_step(model, config, n_encoder_frames=T)(
+        state, long, jnp.arange(B), weights, jax.random.key(0))
+    x = np.asarray(long.features, np.float64)
+    horizon = decoder_protocol(config.model).horizon(2 * T + 1, T)
+    want = [np.asarray(weights) @ np.mean((x[:, :, T + h] - x[:, :, T]) ** 2, axis=(1, 2))
+            for h in range(1, horizon + 1)]
+    np.testing.assert_allclose(sums["static_mse_by_horizon"], want, rtol=1e-5)
