@@ -334,10 +334,8 @@ def _preflight(config: Config) -> None:
     path = config.data.data_dir and pathlib.Path(config.data.data_dir)
     if path and path.exists():  # used as it is: the file headers give its sizes
         stored = formats.read_dataset(path, mmap=True).splits
-        frames = lambda split: (split["feat"].shape[2] if "feat" in split
-                                else split["loc"].shape[1])
-        n_train = len(stored["train"]["edges"])
-        n_frames, n_test_frames = frames(stored["train"]), frames(stored["test"])
+        n_train, _, n_frames = formats.check_split(stored["train"], split="train")
+        n_test_frames = formats.check_split(stored["test"], split="test")[2]
     else:
         n_train = config.data.n_train
         n_frames = systems.default_n_frames(config.data.system, "train")
