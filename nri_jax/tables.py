@@ -33,7 +33,13 @@ PAPER_MSE = {("nri", "springs", 5): {1: 3.12e-8, 20: 2.13e-5}}
 HORIZONS = (1, 10, 20)
 
 
-def _row(run_dir: pathlib.Path) -> dict:
+def _at_horizons(mse: list[float]) -> dict[int, float | None]:
+    """The MSE at each of HORIZONS (None past the report's horizons)."""
+    return {h: mse[h - 1] if h <= len(mse) else None for h in HORIZONS}
+
+
+def _read(run_dir: pathlib.Path) -> tuple[dict, tuple[str, str, int], dict]:
+    """(row fields, (method, system, objects), test report) of one run directory."""
     config, _ = experiment.read_run(run_dir)
     path = run_dir / experiment.REPORT_JSON
     if not path.is_file():
@@ -44,9 +50,9 @@ def _row(run_dir: pathlib.Path) -> dict:
     method = config.train.method
     parts = {"nri": f"{m.encoder} encoder, {m.decoder} decoder",
              "supervised": f"{m.encoder} encoder"}.get(method, f"{m.decoder} decoder")
-    return {"run": str(run_dir), "benchmark": f"{d.system} {d.n_objects}",
-            "key": (method, d.system, d.n_objects), "method": f"{method} ({parts})",
-            "report": report}
+    row = {"run": str(run_dir), "benchmark": f"{d.system} {d.n_objects}",
+           "method": f"{method} ({parts})"}
+    return row, (method, d.system, d.n_objects), report
 
 
 def tables(run_dirs: list[str | os.PathLike]) -> dict:
@@ -65,22 +71,21 @@ def tables(run_dirs: list[str | os.PathLike]) -> dict:
     """
     table1, table2, statics = [], [], []
     for run_dir in run_dirs:
-        row = _row(pathlib.Path(run_dir))
-        report, key = row.pop("report"), row.pop("key")
+        row, key, report = _read(pathlib.Path(run_dir))
         if "edge_accuracy" in report:
             table1.append({**row, "edge_accuracy_best_permutation":
                            report["edge_accuracy_best_permutation"],
                            "edge_accuracy": report["edge_accuracy"],
                            "paper": PAPER_ACCURACY.get(key)})
-        at = lambda mse: {h: mse[h - 1] if h <= len(mse) else None for h in HORIZONS}
         if "mse_by_horizon" in report:
-            table2.append({**row, "mse": at(report["mse_by_horizon"]),
+            table2.append({**row, "mse": _at_horizons(report["mse_by_horizon"]),
                            "paper": PAPER_MSE.get(key, {})})
-        static = report.get("static_mse_by_horizon")
-        if static is not None and (row["benchmark"], at(static)) not in statics:
-            statics.append((row["benchmark"], at(static)))
-            table2.append({**row, "method": "static (repeats the last frame the encoder saw)",
-                           "mse": at(static), "paper": PAPER_MSE.get(("static",) + key[1:], {})})
+        if "static_mse_by_horizon" in report:
+            static = (row["benchmark"], _at_horizons(report["static_mse_by_horizon"]))
+            if static not in statics:  # the same test data: shown once
+                statics.append(static)
+                table2.append({**row, "method": "static (repeats the last frame the encoder "
+                               "saw)", "mse": static[1], "paper": {}})
     return {"source": PAPER_SOURCE, "table1": table1, "table2": table2}
 
 
