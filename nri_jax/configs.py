@@ -96,6 +96,11 @@ class TrainConfig:
         upper bound for edge recovery), "true-graph" or "full-graph" (the
         decoder alone, NLL of its predictions through the true or the fully
         connected graph: the paper's prediction baselines).
+      init_from: start from the parameters and BatchNorm statistics of this
+        run directory's best checkpoint, or of an exported run (`pretrained/`),
+        instead of a random initialisation; the optimiser starts afresh. The
+        model's shapes must match; the dataset may differ (another object
+        count, another system). None: a random initialisation.
     """
 
     epochs: int = 500
@@ -116,6 +121,7 @@ class TrainConfig:
     augment: bool = False
     n_devices: int | None = None
     method: str = "nri"
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "lr_decay_every", "prediction_steps",

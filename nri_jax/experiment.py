@@ -330,7 +330,10 @@ def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool) -> None:
 
 
 def _preflight(config: Config) -> None:
-    """Checks before data generation: devices, batch sizes, decoder steps vs frames."""
+    """Checks before data generation: devices, batch sizes, decoder steps vs frames,
+    the run to initialise from."""
+    if config.train.init_from:
+        read_run(config.train.init_from)  # names a missing or broken run directory
     path = config.data.data_dir and pathlib.Path(config.data.data_dir)
     if path and path.exists():  # used as it is: the file headers give its sizes
         stored = formats.read_dataset(path, mmap=True).splits
@@ -434,7 +437,12 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     _sync("nri_jax:checked")  # no process writes before every process has checked
     dataset, data_path = load_data(config.data)
     n_encoder_frames = dataset.train.features.shape[2]
+    # A model that does not match init_from fails here, before any file is written.
+    initial = config.train.init_from and _initial_variables(
+        config, np.asarray(dataset.train.features[:1])[:, :, :n_encoder_frames])
     run = Run(config, dataset, workdir, n_encoder_frames)  # bad data fails here, before files
+    if initial:  # a resumed run's checkpoint replaces it again below
+        run.state = run.state.replace(**jax.device_put(initial, data_lib.replicated(run.mesh)))
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps its files (the config is checked equal); a run killed
@@ -574,30 +582,63 @@ def load_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     return run
 
 
-def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
-    """An exported run's model and variables, without its dataset.
+def _abstract_variables(model: NRI, example: np.ndarray) -> dict:
+    """The shapes and dtypes of `model`'s {"params", "batch_stats"} on `example`."""
+    key = jax.random.key(0)  # only shapes are taken from this init
+    like = jax.eval_shape(lambda: model.init({"params": key, "gumbel": key, "dropout": key},
+                                             example, train=False))
+    return {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
 
-    For applying a shipped model to trajectories of one's own:
+
+def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
+    """A run's model and best variables, without its dataset.
+
+    For applying a trained model (a shipped `pretrained/` one, an exported or
+    a finished run directory) to trajectories of one's own:
     ``model.apply(variables, x, train=False, method=NRI.encode)`` gives the
     edge-type logits of ``x`` ``[B, N, T, D]``, normalised as data.json's
     `stats` say (`simulators.datasets.model_features`).
 
     Returns:
-      (config, model, variables) with ``variables = {"params", "batch_stats"}``.
+      (config, model, variables) with ``variables = {"params", "batch_stats"}``:
+      an exported run's parameters, or a run directory's best checkpoint.
     """
     run_dir = pathlib.Path(run_dir)
     config, data_info = read_run(run_dir)
-    if not (run_dir / EXPORT_FILE).is_file():
-        raise RunDirError(f"{run_dir} is not an exported run ({EXPORT_FILE} is missing); "
-                          "export it with `python evaluate.py RUN_DIR --export OUT_DIR`")
     model = NRI(config.model)
     example = np.zeros((1, config.data.n_objects, data_info["n_encoder_frames"],
                         data_info["n_features"]), np.float32)
-    key = jax.random.key(0)  # only shapes are taken from this init
-    like = jax.eval_shape(lambda: model.init({"params": key, "gumbel": key, "dropout": key},
-                                             example, train=False))
-    like = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
-    return config, model, _exported_variables(run_dir, like)[0]
+    if (run_dir / EXPORT_FILE).is_file():
+        return config, model, _exported_variables(run_dir, _abstract_variables(model, example))[0]
+    like = jax.eval_shape(functools.partial(
+        training.init_state, jax.random.key(0), model,
+        training.make_optimizer(config.train, 1), example))
+    directory = run_dir / "checkpoints" / "best"
+    restored = checkpointing.restore(
+        checkpointing.manager(directory, max_to_keep=1, create=False), like)
+    if restored is None:
+        raise checkpointing.CheckpointError(f"no best checkpoint in {directory}")
+    state = restored[0]
+    return config, model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _initial_variables(config: Config, example: np.ndarray) -> dict:
+    """The best variables of `config.train.init_from`, checked against the shapes
+    of `config`'s model on `example` and cast to its dtypes."""
+    source = config.train.init_from
+    ours = _abstract_variables(NRI(config.model), example)
+    variables = load_model(source)[2]
+    theirs = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(ours)[0]:
+        if path not in theirs or theirs[path].shape != leaf.shape:
+            found = "missing" if path not in theirs else f"of shape {theirs[path].shape}"
+            raise ValueError(f"init_from={source!r}: its {jax.tree_util.keystr(path)} is "
+                             f"{found}, this model's has shape {leaf.shape}; the two models "
+                             "must have the same encoder, decoder, widths and edge types")
+    if len(theirs) != len(jax.tree.leaves(ours)):
+        raise ValueError(f"init_from={source!r} holds parameters this model does not have "
+                         f"({len(theirs)} arrays against {len(jax.tree.leaves(ours))})")
+    return jax.tree.map(lambda new, like: np.asarray(new, like.dtype), variables, ours)
 
 
 def _exported_variables(run_dir: pathlib.Path, like: dict) -> tuple[dict, dict]:

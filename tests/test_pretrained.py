@@ -128,3 +128,45 @@ def test_parameters_of_another_model_are_refused(exported, tmp_path):
     (out / experiment.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(checkpointing.CheckpointError, match="shape"):
         experiment.load_model(out)
+
+
+def test_load_model_reads_a_run_directorys_best_checkpoint(trained):
+    _, _, variables = experiment.load_model(trained)
+    run = experiment.load_run(trained)
+    expected = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    assert jax.tree.structure(variables) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("source", ["trained", "exported"])
+def test_init_from_starts_from_the_source_parameters(source, trained, exported, tmp_path):
+    source_dir = trained if source == "trained" else exported[0]
+    start = experiment.load_model(source_dir)[2]["params"]
+    # Another object count (the encoder and decoder do not depend on it) and a learning
+    # rate so small that one epoch of Adam moves no float32 parameter: what the run
+    # ends with is what it started from.
+    base = configs.override(configs.get_preset("tiny"), epochs=1, n_objects=4,
+                            learning_rate=1e-30, data_dir=str(tmp_path / "data"))
+    ends = {}
+    for name, init_from in (("init", str(source_dir)), ("random", None)):
+        config = configs.override(base, init_from=init_from)
+        experiment.train_and_evaluate(config, tmp_path / name, log=lambda _: None)
+        ends[name] = experiment.load_model(tmp_path / name)[2]["params"]
+    for want, got, random in zip(jax.tree.leaves(start), jax.tree.leaves(ends["init"]),
+                                 jax.tree.leaves(ends["random"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-30)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(start),
+                                                     jax.tree.leaves(ends["random"])))
+
+
+def test_init_from_another_model_fails_before_any_file(trained, tmp_path):
+    config = configs.override(configs.get_preset("tiny"), epochs=1, decoder_hidden=32,
+                              init_from=str(trained), data_dir=str(trained.parent / "data"))
+    with pytest.raises(ValueError, match=r"decoder.*this model's has shape \(2, 32\)"):
+        experiment.train_and_evaluate(config, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    config = configs.override(config, decoder_hidden=16, init_from=str(tmp_path / "none"))
+    with pytest.raises(experiment.RunDirError, match="not a run directory"):
+        experiment.train_and_evaluate(config, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists()
