@@ -235,8 +235,8 @@ class MLPDecoder(nn.Module):
     protocol: ClassVar[Protocol] = MARKOVIAN
 
     @classmethod
-    def from_config(cls, config) -> "MLPDecoder":
-        """The decoder a `model.ModelConfig` describes."""
+    def from_config(cls, config, physics=None) -> "MLPDecoder":
+        """The decoder a `model.ModelConfig` describes (learned: `physics` is not used)."""
         return cls(**_decoder_fields(config))
 
     @nn.compact
@@ -351,8 +351,8 @@ class RNNDecoder(nn.Module):
     protocol: ClassVar[Protocol] = RECURRENT
 
     @classmethod
-    def from_config(cls, config) -> "RNNDecoder":
-        """The decoder a `model.ModelConfig` describes."""
+    def from_config(cls, config, physics=None) -> "RNNDecoder":
+        """The decoder a `model.ModelConfig` describes (learned: `physics` is not used)."""
         return cls(**_decoder_fields(config), message_scale=config.rnn_message_scale)
 
     @nn.compact

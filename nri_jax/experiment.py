@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from nri_jax import checkpointing, configs, training
+from nri_jax import checkpointing, configs, simulation, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI, decoder_protocol
@@ -212,7 +212,7 @@ class Run:
             _check_settings(config, self.mesh, None, n_encoder_frames, n_test_frames)
             self.steps_per_epoch = 1
         self.splits = _place_splits(dataset, splits, self.mesh)
-        self.model = NRI(config.model)
+        self.model = NRI(config.model, physics=simulation.Physics.of_dataset(dataset))
         self.tx = training.make_optimizer(tc, self.steps_per_epoch)
         self.key = jax.random.key(tc.seed)
         example = np.asarray(getattr(dataset, splits[0]).features[:1])[:, :, :n_encoder_frames]
@@ -439,7 +439,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     n_encoder_frames = dataset.train.features.shape[2]
     # A model that does not match init_from fails here, before any file is written.
     initial = config.train.init_from and _initial_variables(
-        config, np.asarray(dataset.train.features[:1])[:, :, :n_encoder_frames])
+        NRI(config.model, physics=simulation.Physics.of_dataset(dataset)),
+        config.train.init_from, np.asarray(dataset.train.features[:1])[:, :, :n_encoder_frames])
     run = Run(config, dataset, workdir, n_encoder_frames)  # bad data fails here, before files
     if initial:  # a resumed run's checkpoint replaces it again below
         run.state = run.state.replace(**jax.device_put(initial, data_lib.replicated(run.mesh)))
@@ -605,7 +606,10 @@ def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
     """
     run_dir = pathlib.Path(run_dir)
     config, data_info = read_run(run_dir)
-    model = NRI(config.model)
+    # data.json records the physics since 2026-12-02; older runs used the defaults.
+    physics = simulation.Physics.of(data_info["system"], data_info.get("physics"),
+                                    datasets.stats_from_dict(data_info["stats"]))
+    model = NRI(config.model, physics=physics)
     example = np.zeros((1, config.data.n_objects, data_info["n_encoder_frames"],
                         data_info["n_features"]), np.float32)
     if (run_dir / EXPORT_FILE).is_file():
@@ -622,11 +626,10 @@ def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
     return config, model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _initial_variables(config: Config, example: np.ndarray) -> dict:
-    """The best variables of `config.train.init_from`, checked against the shapes
-    of `config`'s model on `example` and cast to its dtypes."""
-    source = config.train.init_from
-    ours = _abstract_variables(NRI(config.model), example)
+def _initial_variables(model: NRI, source: str, example: np.ndarray) -> dict:
+    """The best variables of the run in `source`, checked against the shapes of
+    `model`'s on `example` and cast to its dtypes."""
+    ours = _abstract_variables(model, example)
     variables = load_model(source)[2]
     theirs = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
     for path, leaf in jax.tree_util.tree_flatten_with_path(ours)[0]:

@@ -17,12 +17,13 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from nri_jax import decoders, encoders, sampling
+from nri_jax import decoders, encoders, sampling, simulation
 from nri_jax.nn import COMPUTE_DTYPES
 from nri_jax.rollouts import Protocol, Teaching
 
 ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}
-DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}
+DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder,
+            "simulation": simulation.SimulationDecoder}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,9 @@ class ModelConfig:
       encoder_hidden: encoder width H.
       encoder_dropout: dropout rate in the encoder's MLP blocks (and CNN).
       factor: factor-graph encoder (edge -> node -> edge round) if True.
-      decoder: "mlp" (Markovian) or "rnn" (recurrent).
+      decoder: "mlp" (Markovian), "rnn" (recurrent) or "simulation" (the true
+        simulator driven by the edge weights, no parameters; springs and
+        charged data: `simulation.SimulationDecoder`).
       decoder_hidden: decoder width H.
       decoder_dropout: dropout rate in the decoder.
       skip_first: edge type 0 means "no interaction" in the decoder.
@@ -123,14 +126,22 @@ class NRIOutput(NamedTuple):
 
 
 class NRI(nn.Module):
-    """Neural Relational Inference (Kipf et al., 2018)."""
+    """Neural Relational Inference (Kipf et al., 2018).
+
+    Attributes:
+      config: the architecture.
+      physics: the data's system, physics and normalisation
+        (`simulation.Physics.of_dataset`), which the simulation decoder needs;
+        the learned decoders ignore it.
+    """
 
     config: ModelConfig
+    physics: simulation.Physics | None = None
 
     def setup(self):
         c = self.config
         self.encoder = ENCODERS[c.encoder].from_config(c)
-        self.decoder = DECODERS[c.decoder].from_config(c)
+        self.decoder = DECODERS[c.decoder].from_config(c, physics=self.physics)
 
     def __call__(self, inputs: jax.Array, *, train: bool, decoder_inputs: jax.Array | None = None,
                  edges: jax.Array | None = None, teaching: Teaching | None = None) -> NRIOutput:

@@ -420,8 +420,10 @@ def load_dataset(path: str | os.PathLike, *, stats: NormStats | None = None,
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:
-    """A JSON-friendly summary: system, sizes, shapes and the normalisation statistics."""
+    """A JSON-friendly summary: system, physics, sizes, shapes and the normalisation statistics."""
     return {"system": dataset.system, "n_objects": dataset.n_objects,
+            "physics": _jsonable(physics_parameters(dataset.system,
+                                                    dataset.metadata.get("physics"))),
             "n_edge_types": dataset.n_edge_types,
             "n_features": int(dataset.train.features.shape[-1]),
             "n_sims": {split: len(getattr(dataset, split).features) for split in SPLITS},

@@ -54,3 +54,13 @@ def test_table_refuses_a_run_without_a_report(tmp_path, capsys):
     (run / experiment.REPORT_JSON).unlink()
     assert evaluate.main(["--table", str(run)]) == 1
     assert f"{run} has no test report report.json" in capsys.readouterr().err
+
+
+def test_simulation_decoder_rows_are_not_compared_with_the_learned_decoder(tmp_path):
+    report = {"edge_accuracy": 0.5, "edge_accuracy_best_permutation": 0.5,
+              "mse_by_horizon": [1e-6] * 20}
+    learned = _run(tmp_path / "learned", report)
+    simulated = _run(tmp_path / "simulated", report, decoder="simulation")
+    rows = tables.tables([learned, simulated])["table1"]
+    assert [r["paper"] for r in rows] == [tables.PAPER_ACCURACY[("nri", "springs", 5)], None]
+    assert "simulation decoder" in rows[1]["method"]
