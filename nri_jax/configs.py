@@ -14,7 +14,7 @@ import math
 import typing
 from typing import Any, Callable
 
-from nri_jax.model import ModelConfig
+from nri_jax.model import DECODERS, ModelConfig
 
 SYSTEMS = ("springs", "charged", "kuramoto")
 PRIORS = ("uniform", "sparse")
@@ -150,6 +150,16 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        decoder, method = DECODERS[self.model.decoder], self.train.method
+        if method == "nri" and not decoder.reads_graph:
+            raise ValueError(f"decoder {self.model.decoder!r} reads no graph, so NRI's encoder "
+                             "would learn nothing from it: train it alone with "
+                             "method='full-graph'")
+        if method in ("true-graph", "full-graph") and not decoder.learned:
+            raise ValueError(f"decoder {self.model.decoder!r} has no parameters: "
+                             f"method={method!r} would have nothing to train")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,7 +33,7 @@ from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 RNN_MESSAGE_SCALES = ("incoming", "state_dims")
 
 
-def _maybe_remat(step_cls, remat: bool):
+def maybe_remat(step_cls, remat: bool):
     """The scan body, rematerialised in the backward pass when `remat`.
 
     Memory: without remat, the backward pass keeps every step's activations
@@ -233,6 +233,8 @@ class MLPDecoder(nn.Module):
     remat: bool = False
     chunk_size: int | None = None
     protocol: ClassVar[Protocol] = MARKOVIAN
+    reads_graph: ClassVar[bool] = True
+    learned: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config, physics=None) -> "MLPDecoder":
@@ -266,7 +268,7 @@ class MLPDecoder(nn.Module):
         starts = jnp.swapaxes(inputs[:, :, :n_blocks * period:period], 1, 2)
         chunks = batch_chunks(b, self.chunk_size)
         starts, chunk_edges = _split_chunks(starts, chunks), _split_chunks(edges[:, None], chunks)
-        rollout = nn.scan(_maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
+        rollout = nn.scan(maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
                           in_axes=(0, nn.broadcast, nn.broadcast),
                           split_rngs={"params": False, "dropout": True}, length=chunks * steps)
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
@@ -349,6 +351,8 @@ class RNNDecoder(nn.Module):
     message_scale: str = "incoming"
     chunk_size: int | None = None
     protocol: ClassVar[Protocol] = RECURRENT
+    reads_graph: ClassVar[bool] = True
+    learned: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config, physics=None) -> "RNNDecoder":
@@ -386,7 +390,7 @@ class RNNDecoder(nn.Module):
               jnp.asarray(np.repeat(np.arange(chunks, dtype=np.int32), steps)))
         carry = (jnp.zeros((b // chunks, n, self.hidden), inputs.dtype),
                  jnp.zeros_like(frames[0]))
-        rollout = nn.scan(_maybe_remat(_RNNDecoderStep, self.remat), variable_broadcast="params",
+        rollout = nn.scan(maybe_remat(_RNNDecoderStep, self.remat), variable_broadcast="params",
                           in_axes=(0, nn.broadcast), length=chunks * steps,
                           split_rngs={"params": False, "dropout": True})
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,

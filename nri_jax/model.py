@@ -17,13 +17,14 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from nri_jax import decoders, encoders, sampling, simulation
+from nri_jax import decoders, encoders, lstm, sampling, simulation
 from nri_jax.nn import COMPUTE_DTYPES
 from nri_jax.rollouts import Protocol, Teaching
 
 ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}
 DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder,
-            "simulation": simulation.SimulationDecoder}
+            "simulation": simulation.SimulationDecoder, "lstm-single": lstm.LSTMDecoder,
+            "lstm-joint": lstm.JointLSTMDecoder}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,9 @@ class ModelConfig:
       factor: factor-graph encoder (edge -> node -> edge round) if True.
       decoder: "mlp" (Markovian), "rnn" (recurrent) or "simulation" (the true
         simulator driven by the edge weights, no parameters; springs and
-        charged data: `simulation.SimulationDecoder`).
+        charged data: `simulation.SimulationDecoder`); or a graph-free
+        baseline, "lstm-single" or "lstm-joint" (`lstm.LSTMDecoder`), trained
+        alone with a decoder-only method.
       decoder_hidden: decoder width H.
       decoder_dropout: dropout rate in the decoder.
       skip_first: edge type 0 means "no interaction" in the decoder.

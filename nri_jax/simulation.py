@@ -130,6 +130,8 @@ class SimulationDecoder(nn.Module):
     physics: Physics | None = None
     n_edge_types: int = 2
     protocol: ClassVar[Protocol] = MARKOVIAN
+    reads_graph: ClassVar[bool] = True
+    learned: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, config, physics: Physics | None = None) -> "SimulationDecoder":

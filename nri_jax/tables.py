@@ -15,6 +15,7 @@ import os
 import pathlib
 
 from nri_jax import experiment
+from nri_jax.model import DECODERS
 
 PAPER_SOURCE = ("Kipf et al., Neural Relational Inference for Interacting Systems, ICML 2018: "
                 "Table 1 (edge accuracy, NRI learned and supervised) and Table 2 (MSE, springs "
@@ -50,10 +51,12 @@ def _read(run_dir: pathlib.Path) -> tuple[dict, tuple[str, str, int], dict]:
     method = config.train.method
     parts = {"nri": f"{m.encoder} encoder, {m.decoder} decoder",
              "supervised": f"{m.encoder} encoder"}.get(method, f"{m.decoder} decoder")
-    row = {"run": str(run_dir), "benchmark": f"{d.system} {d.n_objects}",
-           "method": f"{method} ({parts})"}
+    label = f"{method} ({parts})"
     # The paper's "NRI (learned)" figures are not those of its simulation decoder.
     paper_method = "nri-simulation" if method == "nri" and m.decoder == "simulation" else method
+    if not DECODERS[m.decoder].reads_graph:  # trained through a graph it does not read
+        label = paper_method = m.decoder
+    row = {"run": str(run_dir), "benchmark": f"{d.system} {d.n_objects}", "method": label}
     return row, (paper_method, d.system, d.n_objects), report
 
 

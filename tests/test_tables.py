@@ -56,11 +56,16 @@ def test_table_refuses_a_run_without_a_report(tmp_path, capsys):
     assert f"{run} has no test report report.json" in capsys.readouterr().err
 
 
-def test_simulation_decoder_rows_are_not_compared_with_the_learned_decoder(tmp_path):
+def test_simulation_and_lstm_rows_are_named_for_themselves(tmp_path):
     report = {"edge_accuracy": 0.5, "edge_accuracy_best_permutation": 0.5,
               "mse_by_horizon": [1e-6] * 20}
     learned = _run(tmp_path / "learned", report)
     simulated = _run(tmp_path / "simulated", report, decoder="simulation")
-    rows = tables.tables([learned, simulated])["table1"]
+    lstm = _run(tmp_path / "lstm", {"nll": 1.0, "mse_by_horizon": [1e-6] * 20},
+                decoder="lstm-joint", method="full-graph")
+    result = tables.tables([learned, simulated, lstm])
+    rows = result["table1"]
     assert [r["paper"] for r in rows] == [tables.PAPER_ACCURACY[("nri", "springs", 5)], None]
     assert "simulation decoder" in rows[1]["method"]
+    # A graph-free baseline is named for itself, not for the graph it was given.
+    assert [r["method"] for r in result["table2"] if r["run"] == str(lstm)] == ["lstm-joint"]
