@@ -17,11 +17,12 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from nri_jax import decoders, encoders, lstm, sampling, simulation
+from nri_jax import correlation, decoders, encoders, lstm, sampling, simulation
 from nri_jax.nn import COMPUTE_DTYPES
 from nri_jax.rollouts import Protocol, Teaching
 
-ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder}
+ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder,
+            "correlation": correlation.CorrelationEncoder}
 DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder,
             "simulation": simulation.SimulationDecoder, "lstm-single": lstm.LSTMDecoder,
             "lstm-joint": lstm.JointLSTMDecoder}
@@ -33,7 +34,9 @@ class ModelConfig:
 
     Attributes:
       n_edge_types: K >= 2 edge types.
-      encoder: "mlp" or "cnn".
+      encoder: "mlp", "cnn" or "correlation" (the paper's correlation baseline:
+        per-dimension correlations of each pair's trajectories into a small MLP,
+        `correlation.CorrelationEncoder`; train it with method "supervised").
       encoder_hidden: encoder width H.
       encoder_dropout: dropout rate in the encoder's MLP blocks (and CNN).
       factor: factor-graph encoder (edge -> node -> edge round) if True.
