@@ -1,0 +1,17 @@
+"""A graph-network vocabulary on `jraph.GraphsTuple`: layers, readouts, pooling, norms.
+
+Every layer takes a (possibly padded, `jraph.pad_with_graphs`) `GraphsTuple` and
+returns one; padded nodes, edges and graphs never change a real one's result.
+One module per idea:
+
+    padding.py         masks and node -> graph indices of padded graphs
+    message_passing.py the generic message / aggregate / update layer
+    gcn.py             graph convolution (self-loops, symmetric normalisation)
+    gat.py             multi-head graph attention; attention on a fully connected graph
+    rgcn.py            relational GCN: K edge types, basis decomposition
+    graph_network.py   graph network block (edge, node, global updates), interaction network
+    ecc.py             edge-conditioned convolution
+    readout.py         node, edge and graph readouts (sum, mean, max, gated sum)
+    norm.py            PairNorm and residual wrappers
+    diffpool.py        hierarchical pooling (DiffPool)
+"""
