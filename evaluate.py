@@ -20,7 +20,7 @@ import json
 import pathlib
 import sys
 
-from nri_jax import experiment, tables
+from nri_jax import experiment, reports, tables
 from nri_jax.checkpointing import EXPORT_DTYPES, CheckpointError
 
 
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             return 0
         report, run = experiment.evaluate_run(run_dir, data_dir=args.data, out=args.out)
         if args.plots:
-            written = experiment.write_plots(run, report, pathlib.Path(run_dir) / "plots")
+            written = reports.write_plots(run, report, pathlib.Path(run_dir) / "plots")
             print("plots:", *map(str, written), sep="\n  ")
     except (experiment.RunDirError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,7 +19,7 @@ import sys
 import types
 import typing
 
-from nri_jax import configs, experiment
+from nri_jax import configs, experiment, processes
 from nri_jax.checkpointing import CheckpointError
 
 
@@ -99,13 +99,13 @@ def main(argv=None) -> int:
         parser.error(str(err))
     if distributed:
         try:
-            experiment.initialize_distributed(args.coordinator_address, args.num_processes,
+            processes.initialize_distributed(args.coordinator_address, args.num_processes,
                                               args.process_id)
         except ValueError as err:
             parser.error(str(err))
     workdir = args.workdir or (f"runs/{args.preset}-"
                                f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    if experiment.is_main_process():
+    if processes.is_main_process():
         print(f"run directory: {workdir}", flush=True)
     try:
         experiment.train_and_evaluate(config, workdir, resume=args.resume,

@@ -29,17 +29,16 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from nri_jax import checkpointing, configs, simulation, training
+from nri_jax import checkpointing, configs, processes, reports, simulation, training
 from nri_jax import data as data_lib
 from nri_jax.configs import Config, DataConfig
 from nri_jax.model import NRI, decoder_protocol
+from nri_jax.reports import METRICS_FILE, REPORT_JSON, REPORT_MD  # noqa: F401 (run files)
 from simulators import datasets, formats, symmetries, systems
 
-CONFIG_FILE, DATA_FILE, METRICS_FILE = "config.json", "data.json", "metrics.jsonl"
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
+CONFIG_FILE, DATA_FILE = "config.json", "data.json"
 PARAMS_FILE, EXPORT_FILE = "params.msgpack", "export.json"
 
 
@@ -86,7 +85,7 @@ def load_data(cfg: DataConfig) -> tuple[Any, pathlib.Path]:
     """
     path = pathlib.Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg)
     error = None
-    if is_main_process() and (cfg.data_dir is None or not path.exists()):
+    if processes.is_main_process() and (cfg.data_dir is None or not path.exists()):
         try:
             datasets.ensure_dataset(path, system=cfg.system, n_objects=cfg.n_objects,
                                     n_train=cfg.n_train, n_valid=cfg.n_valid,
@@ -94,61 +93,17 @@ def load_data(cfg: DataConfig) -> tuple[Any, pathlib.Path]:
                                     progress=_progress_bar)
         except (ValueError, OSError) as err:  # raised below, on every process
             error = err
-    _sync("nri_jax:data")  # the others wait, then read what process 0 wrote
+    processes.sync("nri_jax:data")  # the others wait, then read what process 0 wrote
     if error is None and not path.exists():
         error = FileNotFoundError(f"dataset {path} not found on process "
                                   f"{jax.process_index()}: a multi-process run needs a "
                                   "--data-dir that every process sees")
-    _raise_on_every_process(error, "preparing the dataset")
-    dataset = _open_shared(path)
+    processes.raise_on_every_process(error, "preparing the dataset")
+    dataset = processes.open_shared(path)
     if dataset.n_objects != cfg.n_objects:
         raise ValueError(f"dataset {path} has {dataset.n_objects} objects but the config "
                          f"asks for n_objects={cfg.n_objects}")
     return dataset, path
-
-
-def _open_shared(path: pathlib.Path):
-    """`open_dataset`; with several processes only process 0 streams the training
-    split for the normalisation extremes and sends them to the others, so that
-    they read nothing but their own rows."""
-    opened = datasets.open_dataset(path) if is_main_process() else None
-    if jax.process_count() == 1:
-        return opened
-    stats = opened.stats if opened is not None else None
-    # float64 travels as uint32 words: the values arrive bit for bit (NaN: none).
-    words = np.asarray(stats if stats is not None else [np.nan] * 4, np.float64).view(np.uint32)
-    values = np.asarray(multihost_utils.broadcast_one_to_all(words)).view(np.float64)
-    stats = None if np.isnan(values).any() else datasets.NormStats(*map(float, values))
-    return opened if opened is not None else datasets.open_dataset(path, stats=stats)
-
-
-def _raise_on_every_process(error: Exception | None, what: str) -> None:
-    """Raises `error`; in a multi-process run every process raises when any one
-    failed, instead of the others waiting for it in the next collective."""
-    if jax.process_count() > 1:
-        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
-        if error is None and failed.any():
-            error = RuntimeError(f"{what} failed on process(es) "
-                                 f"{np.flatnonzero(failed).tolist()}; see their output")
-    if error is not None:
-        raise error
-
-
-def _log_line(epoch: int, epochs: int, record: dict) -> str:
-    """One epoch's line: the loss terms and accuracies the run's method reports."""
-    t, v = record["train"], record["valid"]
-
-    def terms(split: dict, names: tuple[str, ...]) -> str:
-        shown = [f"{name.replace('cross_entropy', 'xent')} {split[name]:.4g}"
-                 for name in names if name in split]
-        if "edge_accuracy" in split:
-            shown.append(f"acc {split['edge_accuracy']:.3f} "
-                         f"(best perm {split['edge_accuracy_best_permutation']:.3f})")
-        return " ".join(shown)
-
-    return (f"epoch {epoch + 1}/{epochs} | train {terms(t, ('loss', 'nll', 'kl', 'cross_entropy'))}"
-            f" | valid {terms(v, ('nll', 'cross_entropy', 'mse'))} | "
-            f"{record['samples_per_s']:.0f} samples/s")
 
 
 def _check_settings(config: Config, mesh, n_train: int | None, n_frames: int | None,
@@ -182,7 +137,7 @@ def _place_splits(dataset, names, mesh) -> dict[str, data_lib.Split]:
         error = None
     except ValueError as err:
         placed, error = None, err
-    _raise_on_every_process(error, "reading the data")
+    processes.raise_on_every_process(error, "reading the data")
     return placed
 
 
@@ -257,55 +212,8 @@ class Run:
         return training.summarise(total)
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Joins a multi-process run through `jax.distributed`; call before any other JAX use.
-
-    Arguments left None are taken from the environment: JAX_COORDINATOR_ADDRESS,
-    or the cluster JAX detects (SLURM, Open MPI, TPU pods, Kubernetes).
-
-    Raises:
-      ValueError: for a process count below 1 or a process id outside it.
-    """
-    if num_processes is not None and num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    if process_id is not None and num_processes is None:
-        raise ValueError(f"process_id={process_id} needs num_processes")
-    if process_id is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
-    # CPU processes exchange gradients over TCP (gloo); GPU and TPU use their own links.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files and logs (process 0 of a multi-process run)."""
-    return jax.process_index() == 0
-
-
-def _sync(name: str) -> None:
-    """Waits until every process reaches this point (nothing to wait for in one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    """Writes a file atomically (a reader or a killed run never leaves half of it),
-    from process 0 only."""
-    if not is_main_process():
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def _append_metrics(workdir: pathlib.Path, record: dict) -> None:
-    if is_main_process():
+    if processes.is_main_process():
         with open(workdir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -347,20 +255,6 @@ def _preflight(config: Config) -> None:
                     n_test_frames)
 
 
-def read_metrics(workdir: str | os.PathLike, upto_epoch: int | None = None) -> list[dict]:
-    """The per-epoch records of a run's metrics.jsonl (those before `upto_epoch`)."""
-    path = pathlib.Path(workdir) / METRICS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed process
-            continue
-    return [r for r in records if upto_epoch is None or r["epoch"] < upto_epoch]
-
-
 def _resume(run: Run) -> tuple[int, float]:
     """Restores the latest checkpoint; returns (first epoch to run, best validation NLL;
     for the supervised encoder its cross-entropy, `training.selection_metric`)."""
@@ -368,8 +262,9 @@ def _resume(run: Run) -> tuple[int, float]:
         meta = run.restore("latest")
     else:  # killed before the first checkpoint: start again
         meta = {"epoch": 0, "best_valid_nll": float("inf")}
-    records = read_metrics(run.workdir, meta["epoch"])  # drops epochs after the checkpoint
-    _write_text(run.workdir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    records = reports.read_metrics(run.workdir, meta["epoch"])  # drops later epochs
+    processes.write_text(run.workdir / METRICS_FILE,
+                         "".join(json.dumps(r) + "\n" for r in records))
     return meta["epoch"], meta["best_valid_nll"]
 
 
@@ -401,7 +296,7 @@ def _train_epoch(run: Run, train_step, epoch: int) -> dict:
                                         run.config.train.batch_size)
     total = None
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
-               disable=not (sys.stderr.isatty() and is_main_process()))
+               disable=not (sys.stderr.isatty() and processes.is_main_process()))
     for i in bar:
         run.state, sums = train_step(run.state, run.splits["train"], batches[i],
                                      jax.random.fold_in(step_key, i))
@@ -431,10 +326,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
       The test report (also written to report.json / report.md in `workdir`).
     """
     workdir = pathlib.Path(workdir)
-    log = log if is_main_process() else (lambda _: None)
+    log = log if processes.is_main_process() else (lambda _: None)
     _check_workdir(config, workdir, resume)
     _preflight(config)
-    _sync("nri_jax:checked")  # no process writes before every process has checked
+    processes.sync("nri_jax:checked")  # no process writes before every process has checked
     dataset, data_path = load_data(config.data)
     n_encoder_frames = dataset.train.features.shape[2]
     # A model that does not match init_from fails here, before any file is written.
@@ -444,14 +339,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     run = Run(config, dataset, workdir, n_encoder_frames)  # bad data fails here, before files
     if initial:  # a resumed run's checkpoint replaces it again below
         run.state = run.state.replace(**jax.device_put(initial, data_lib.replicated(run.mesh)))
-    if is_main_process():
+    if processes.is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps its files (the config is checked equal); a run killed
     # before writing them all gets the missing ones.
     if not (workdir / CONFIG_FILE).exists():
-        _write_json(workdir / CONFIG_FILE, config.to_dict())
+        processes.write_json(workdir / CONFIG_FILE, config.to_dict())
     if not (workdir / DATA_FILE).exists():
-        _write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
+        processes.write_json(workdir / DATA_FILE, {"path": str(data_path.absolute()),
                                           "n_encoder_frames": n_encoder_frames,
                                           **datasets.describe(dataset)})
     start, best_nll = _resume(run) if resume else (0, float("inf"))
@@ -481,7 +376,7 @@ def _train(run: Run, start: int, best_nll: float, log) -> None:
                   "seconds": seconds,
                   "samples_per_s": run.steps_per_epoch * config.train.batch_size / seconds}
         _append_metrics(run.workdir, record)
-        log(_log_line(epoch, config.train.epochs, record))
+        log(reports.log_line(epoch, config.train.epochs, record))
         selected = valid_metrics[training.selection_metric(config)]
         meta = {"epoch": epoch + 1, "best_valid_nll": min(best_nll, selected)}
         if selected < best_nll:
@@ -495,28 +390,8 @@ def _test(run: Run, log, out=None) -> dict:
     test_step = training.make_test_step(run.model, run.config, run.n_encoder_frames, run.mesh)
     report = run.evaluate(test_step, "test", jax.random.fold_in(run.key, 3))
     report.update(epoch=run.epoch, n_test=run.sizes["test"])
-    write_report(run.workdir, report, log, out)
+    reports.write_report(run.workdir, report, log, out)
     return report
-
-
-def write_report(workdir: pathlib.Path, report: dict, log=print, out: pathlib.Path | None = None):
-    """Writes the test report as JSON (to `out` or report.json) and a Markdown table."""
-    _write_json(out or workdir / REPORT_JSON, report)
-    md = markdown_report(report)
-    _write_text(workdir / REPORT_MD, md)
-    log(md)
-
-
-def markdown_report(report: dict) -> str:
-    """The report's edge accuracies, NLL and MSE at a few horizons (those it has)."""
-    lines = ["| metric | value |", "|---|---|"]
-    for key in ("edge_accuracy", "edge_accuracy_best_permutation", "nll", "cross_entropy"):
-        if key in report:
-            lines.append(f"| {key} | {report[key]:.4f} |")
-    for h, mse in enumerate(report.get("mse_by_horizon", ()), start=1):
-        if h in (1, 5, 10, 20, 49) or h == len(report["mse_by_horizon"]):
-            lines.append(f"| mse at horizon {h} | {mse:.3e} |")
-    return "\n".join(lines) + "\n"
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[Config, dict]:
@@ -696,11 +571,12 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     info = checkpointing.save_variables(
         out_dir / PARAMS_FILE,
         {"params": run.state.params, "batch_stats": run.state.batch_stats}, dtype=dtype)
-    _write_json(out_dir / EXPORT_FILE, {"source": str(run_dir), "epoch": run.epoch, **info})
-    _write_json(out_dir / DATA_FILE, {**data_info, "path": None})
+    processes.write_json(out_dir / EXPORT_FILE,
+                         {"source": str(run_dir), "epoch": run.epoch, **info})
+    processes.write_json(out_dir / DATA_FILE, {**data_info, "path": None})
     for name in (CONFIG_FILE, METRICS_FILE):
         if (run_dir / name).is_file():
-            _write_text(out_dir / name, (run_dir / name).read_text())
+            processes.write_text(out_dir / name, (run_dir / name).read_text())
     return evaluate_run(out_dir, data_dir=data_info["path"], log=log)[0]
 
 
@@ -718,53 +594,3 @@ def evaluate_run(run_dir: str | os.PathLike, *, data_dir: str | os.PathLike | No
     return _test(run, log, out=out and pathlib.Path(out)), run
 
 
-def predict_examples(run: Run, n_examples: int = 4, split: str = "test") -> dict[str, np.ndarray]:
-    """Inferred graphs and open-loop predictions for the first examples of a split.
-
-    Returns host arrays: `features` [B, N, T, D], `labels` [B, E], `probs`
-    [B, E, K] (encoder on the first n_encoder_frames; a decoder-only method's
-    given graph), and `predictions` [B, N, H, D], the open-loop rollout of
-    frames t_enc+1..t_enc+H from frame t_enc (H = the test horizon), decoded
-    through the argmax graph (None for the supervised encoder, which trains no
-    decoder).
-    """
-    n_examples = min(n_examples, run.sizes[split])
-    first = jax.jit(lambda a: a[:n_examples], out_shardings=data_lib.replicated(run.mesh))
-    x, labels = first(run.splits[split].features), first(run.splits[split].labels)
-    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
-    t_enc = run.n_encoder_frames
-    probs = training.given_edges(run.config, labels)
-    if probs is None:
-        logits = run.model.apply(variables, x[:, :, :t_enc], train=False, method=NRI.encode)
-        probs = jax.nn.softmax(logits, axis=-1)
-    edges = jax.nn.one_hot(np.argmax(probs, -1), run.config.model.n_edge_types)
-    predictions = (None if run.config.train.method == "supervised" else
-                   training.open_loop(run.model, variables, x, edges, run.config, t_enc))
-    return jax.device_get({"features": x, "labels": labels, "probs": probs,
-                           "predictions": predictions})
-
-
-def write_plots(run: Run, report: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Writes PNGs: true vs inferred graphs, predicted vs true paths, curves, MSE."""
-    from nri_jax import plotting  # matplotlib is imported only when plots are asked for
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ex = predict_examples(run)
-    t_enc = run.n_encoder_frames
-    figures = {"graphs.png": plotting.graph_comparison(ex["labels"], ex["probs"])}
-    if ex["predictions"] is not None:
-        figures["mse_by_horizon.png"] = plotting.mse_by_horizon(report["mse_by_horizon"])
-        horizon = ex["predictions"].shape[2]
-        for b in range(min(2, len(ex["labels"]))):
-            figures[f"trajectory_{b}.png"] = plotting.trajectories(
-                ex["features"][b, :, t_enc: t_enc + horizon + 1], ex["predictions"][b],
-                labels=ex["labels"][b], title=f"test example {b}")
-    records = read_metrics(run.workdir)
-    if records:
-        figures["training_curves.png"] = plotting.training_curves(records)
-    written = []
-    for name, fig in figures.items():
-        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
-        plotting.plt.close(fig)
-        written.append(out_dir / name)
-    return written
