@@ -1,0 +1,125 @@
+"""Relational graph convolution (Schlichtkrull et al. 2018).
+
+    v'_i = act(W_0 v_i + sum_k sum_{j in N_i^k} (1 / c_ik) W_k v_j + b)
+
+over K edge types, with c_ik = |N_i^k| the number of edges of type k arriving at
+i (duplicates count). Edge types are either ints [E] or soft weights [E, K], as
+NRI's sampled edges are: an edge then sends W_k v_j with weight w_ek to every
+type, and c_ik = sum of the type-k weights arriving at i (one-hot weights give
+the integer case). A type that reaches i with total weight 0 adds nothing.
+
+Basis decomposition (`num_bases` B): W_k = sum_b a_kb V_b, sharing B matrices V
+among the K types.
+
+Padding (`jraph.pad_with_graphs`): padding edges join padding nodes only, so
+c_ik and the sums of a real node see real edges only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from nri_jax import graphs
+from nri_jax.gnn import padding
+from nri_jax.gnn.graph_network import check_graph_features
+
+# One [F_in, F_out] matrix per leading index (type or basis): fan-in over F_in.
+_kernels_init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+# a_kb: fan-in over the B bases, so that W_k keeps the variance of one V_b.
+_coefficients_init = nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def edge_type_weights(edge_types: jax.Array, num_edge_types: int, n_edges: int) -> jax.Array:
+    """Int types [E] -> one-hot [E, K]; soft weights [E, K] pass through.
+
+    An int type outside [0, K) gives a zero row (the edge is ignored); traced
+    values cannot be checked.
+    """
+    if edge_types.shape == (n_edges,) and jnp.issubdtype(edge_types.dtype, jnp.integer):
+        return jax.nn.one_hot(edge_types, num_edge_types)
+    if edge_types.shape != (n_edges, num_edge_types) or not jnp.issubdtype(
+            edge_types.dtype, jnp.floating):
+        raise ValueError(f"edge_types must be int [{n_edges}] or float "
+                         f"[{n_edges}, {num_edge_types}], got {edge_types.dtype} "
+                         f"{edge_types.shape}")
+    return edge_types
+
+
+class RGCN(nn.Module):
+    """One relational graph convolution layer.
+
+    Attributes:
+      features: F_out, the width of the new node features.
+      num_edge_types: K >= 1.
+      num_bases: B >= 1 to decompose W_k = sum_b a_kb V_b (parameters `bases`
+        [B, F_in, F_out] and `coefficients` [K, B]); None for K free matrices
+        (`kernels` [K, F_in, F_out]).
+      self_connection: add W_0 v_i (`self_connection`, a Dense without bias).
+      use_bias: add b.
+      activation: applied last, or None.
+    """
+
+    features: int
+    num_edge_types: int
+    num_bases: int | None = None
+    self_connection: bool = True
+    use_bias: bool = True
+    activation: Callable[[jax.Array], jax.Array] | None = None
+
+    def __post_init__(self):
+        _check_positive("features", self.features)
+        _check_positive("num_edge_types", self.num_edge_types)
+        if self.num_bases is not None:
+            _check_positive("num_bases", self.num_bases)
+        super().__post_init__()
+
+    def _relation_kernels(self, f_in: int) -> jax.Array:
+        """W_k, [K, F_in, F_out]."""
+        shape = (f_in, self.features)
+        if self.num_bases is None:
+            return self.param("kernels", _kernels_init, (self.num_edge_types,) + shape)
+        bases = self.param("bases", _kernels_init, (self.num_bases,) + shape)
+        coefficients = self.param("coefficients", _coefficients_init,
+                                  (self.num_edge_types, self.num_bases))
+        return jnp.einsum("kb,bio->kio", coefficients, bases)
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, edge_types: jax.Array) -> jraph.GraphsTuple:
+        """Args:
+          graph: nodes [sum N, F_in]; graph.edges is not read.
+          edge_types: int [sum E] types in [0, K), or float [sum E, K]
+            non-negative type weights.
+
+        Returns:
+          The graph with nodes [sum N, features]; edges and globals unchanged.
+        """
+        check_graph_features(graph._replace(edges=None))
+        n_nodes, n_edges = padding.n_nodes(graph), padding.n_edges(graph)
+        weights = edge_type_weights(jnp.asarray(edge_types), self.num_edge_types, n_edges)
+        nodes = jnp.asarray(graph.nodes)
+        receivers = jnp.asarray(graph.receivers)
+        counts = jraph.segment_sum(weights, receivers, n_nodes)  # c_ik, [N, K]
+        inverse = jnp.where(counts > 0, 1 / jnp.where(counts > 0, counts, 1), 0)
+        # w_ek / c_{receiver(e), k}: each edge's share of its receiver's type-k mean.
+        shares = weights * graphs.gather_receivers(inverse, receivers, axis=0)
+        transformed = jnp.einsum("ni,kio->nko", nodes, self._relation_kernels(nodes.shape[-1]))
+        sent = graphs.gather_senders(transformed, graph.senders, axis=0)  # [E, K, F_out]
+        messages = jnp.einsum("ek,eko->eo", shares, sent)
+        out = jraph.segment_sum(messages, receivers, n_nodes)
+        if self.self_connection:
+            out = out + nn.Dense(self.features, use_bias=False, name="self_connection")(nodes)
+        if self.use_bias:
+            out = out + self.param("bias", nn.initializers.zeros, (self.features,))[None, :]
+        if self.activation is not None:
+            out = self.activation(out)
+        return graph._replace(nodes=out)

@@ -1,0 +1,138 @@
+"""Relational GCN against NumPy float64: per-type neighbour loops and dense typed adjacencies."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import numpy_variables
+from test_gnn_message_passing import check_padding, float64_params, permute, random_batch
+
+from nri_jax.gnn.rgcn import RGCN
+
+
+def relation_kernels(params):
+    if "kernels" in params:
+        return params["kernels"]
+    return np.einsum("kb,bio->kio", params["coefficients"], params["bases"])
+
+
+def numpy_rgcn_int_types(params, graph, types, k):
+    """The paper's sum: for each node and type, the mean of W_k v_j over N_i^k."""
+    x, kernels = graph.nodes, relation_kernels(params)
+    out = x @ params["self_connection"]["kernel"] + params["bias"]
+    for i in range(x.shape[0]):
+        for t in range(k):
+            neighbours = graph.senders[(graph.receivers == i) & (types == t)]
+            if neighbours.size:
+                out[i] += (x[neighbours] @ kernels[t]).sum(0) / neighbours.size
+    return out
+
+
+def numpy_rgcn_soft_types(params, graph, weights):
+    """sum_k diag(1 / c_k) A_k X W_k + X W_0 + b, with A_k[r, s] the type-k weight of s -> r."""
+    x, kernels = graph.nodes, relation_kernels(params)
+    n = x.shape[0]
+    out = x @ params["self_connection"]["kernel"] + params["bias"]
+    for t in range(weights.shape[1]):
+        adjacency = np.zeros((n, n))
+        for s, r, w in zip(graph.senders, graph.receivers, weights[:, t]):
+            adjacency[r, s] += w
+        counts = adjacency.sum(1)
+        inverse = np.divide(1, counts, out=np.zeros(n), where=counts > 0)
+        out += (inverse[:, None] * adjacency) @ x @ kernels[t]
+    return out
+
+
+def random_soft_types(seed, n_edges, k):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n_edges, k)) * 2
+    weights = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    weights[:, -1] = 0.0  # a type nothing carries: c_ik = 0 everywhere
+    return weights
+
+
+@pytest.mark.parametrize("num_bases", [None, 2])
+def test_rgcn_int_types_against_numpy_loops(num_bases, x64):
+    graph = random_batch(0)  # duplicate edges, self-loop edges, nodes receiving nothing
+    types = np.random.default_rng(0).integers(0, 3, size=graph.senders.shape).astype(np.int32)
+    layer = RGCN(features=4, num_edge_types=3, num_bases=num_bases)
+    variables = numpy_variables(layer, graph, types, seed=0)
+    got = jax.jit(layer.apply)(variables, graph, types).nodes
+    expected = numpy_rgcn_int_types(float64_params(variables), graph, types, 3)
+    assert got.shape == (13, 4) and got.dtype == jnp.float64
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_bases", [None, 2])
+def test_rgcn_soft_types_against_dense_numpy(num_bases, x64):
+    graph = random_batch(1)
+    weights = random_soft_types(1, len(graph.senders), 4)
+    layer = RGCN(features=3, num_edge_types=4, num_bases=num_bases)
+    variables = numpy_variables(layer, graph, weights, seed=1)
+    got = jax.jit(layer.apply)(variables, graph, weights).nodes
+    np.testing.assert_allclose(got, numpy_rgcn_soft_types(float64_params(variables), graph,
+                                                          weights), rtol=0, atol=1e-10)
+
+
+def test_one_hot_weights_equal_int_types_and_options_drop_their_terms(x64):
+    graph = random_batch(2, n_edge_features=None)
+    types = np.random.default_rng(2).integers(0, 2, size=graph.senders.shape).astype(np.int32)
+    layer = RGCN(features=3, num_edge_types=2, self_connection=False, use_bias=False,
+                 activation=jnp.tanh)
+    variables = numpy_variables(layer, graph, types, seed=2)
+    assert set(variables["params"]) == {"kernels"}
+    apply = jax.jit(layer.apply)
+    np.testing.assert_allclose(apply(variables, graph, types).nodes,
+                               apply(variables, graph, np.eye(2)[types]).nodes,
+                               rtol=0, atol=1e-12)
+    params = dict(float64_params(variables), self_connection={"kernel": np.zeros((3, 3))},
+                  bias=np.zeros(3))
+    np.testing.assert_allclose(apply(variables, graph, types).nodes,
+                               np.tanh(numpy_rgcn_int_types(params, graph, types, 2)),
+                               rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_padding_does_not_change_real_nodes(soft):
+    graph = random_batch(3, dtype=np.float32, n_edge_features=None)
+    n_edges = len(graph.senders)
+    types = (random_soft_types(3, n_edges, 3).astype(np.float32) if soft
+             else np.random.default_rng(3).integers(0, 3, size=n_edges).astype(np.int32))
+    graph = graph._replace(edges=types)  # padded with type 0 / weight 0
+    layer = RGCN(features=3, num_edge_types=3, num_bases=2)
+    variables = layer.init(jax.random.key(3), graph, types)
+    apply = jax.jit(layer.apply)
+    check_padding(lambda g: apply(variables, g, g.edges).nodes, graph)
+
+
+def test_permuting_nodes_and_edges_permutes_the_output(x64):
+    graph = random_batch(4, sizes=(10,), n_edge_features=None)
+    graph = graph._replace(edges=random_soft_types(4, len(graph.senders), 3))
+    permuted, node_perm = permute(graph, 4)  # the types travel with their edges
+    layer = RGCN(features=3, num_edge_types=3)
+    variables = numpy_variables(layer, graph, graph.edges, seed=4)
+    apply = jax.jit(layer.apply)
+    np.testing.assert_allclose(apply(variables, permuted, permuted.edges).nodes,
+                               np.asarray(apply(variables, graph, graph.edges).nodes)[node_perm],
+                               rtol=0, atol=1e-12)
+
+
+def test_bad_arguments_raise_naming_them():
+    graph = random_batch(5)
+    n_edges = len(graph.senders)
+    types = np.zeros(n_edges, np.int32)
+    with pytest.raises(ValueError, match="num_edge_types"):
+        RGCN(features=3, num_edge_types=0)
+    with pytest.raises(ValueError, match="num_bases"):
+        RGCN(features=3, num_edge_types=2, num_bases=0)
+    with pytest.raises(ValueError, match="features"):
+        RGCN(features=0, num_edge_types=2)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="edge_types"):
+        RGCN(3, 2).init(key, graph, np.ones((n_edges, 3), np.float32))
+    with pytest.raises(ValueError, match="edge_types"):
+        RGCN(3, 2).init(key, graph, np.ones(n_edges, np.float32))
+    with pytest.raises(ValueError, match="edge_types"):
+        RGCN(3, 2).init(key, graph, types[:-1])
+    with pytest.raises(ValueError, match="graph.nodes"):
+        RGCN(3, 2).init(key, graph._replace(nodes=graph.nodes[None]), types)
