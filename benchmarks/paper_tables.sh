@@ -32,6 +32,9 @@ run true-graph --method true-graph
 run full-graph --method full-graph
 run simulation --decoder simulation
 run lstm-single --decoder lstm-single --method full-graph --epochs 10
+# Corr. (LSTM): a classifier on the correlations of that LSTM's hidden states.
+run correlation-lstm --encoder correlation-lstm --decoder lstm-single --method supervised \
+  --init-from "$out/lstm-single" --init-parts decoder
 run lstm-joint --decoder lstm-joint --method full-graph --epochs 4
 runs=("$out"/*/)
 "$python" evaluate.py --table "${runs[@]%/}" --out "$out/tables.json"

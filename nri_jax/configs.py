@@ -20,6 +20,8 @@ SYSTEMS = ("springs", "charged", "kuramoto")
 PRIORS = ("uniform", "sparse")
 # What a run trains (TrainConfig.method).
 METHODS = ("nri", "supervised", "true-graph", "full-graph")
+# Which parts of the model TrainConfig.init_from loads.
+INIT_PARTS = ("all", "encoder", "decoder")
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -101,6 +103,9 @@ class TrainConfig:
         instead of a random initialisation; the optimiser starts afresh. The
         model's shapes must match; the dataset may differ (another object
         count, another system). None: a random initialisation.
+      init_parts: what init_from loads: "all", or only the "encoder" or the
+        "decoder" (its parameters and BatchNorm statistics; the other part
+        starts from its random initialisation and may differ from the source's).
     """
 
     epochs: int = 500
@@ -122,6 +127,7 @@ class TrainConfig:
     n_devices: int | None = None
     method: str = "nri"
     init_from: str | None = None
+    init_parts: str = "all"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "lr_decay_every", "prediction_steps",
@@ -143,6 +149,8 @@ class TrainConfig:
         _check(self.n_devices is None or self.n_devices > 0, "n_devices", self.n_devices,
                "positive or None")
         _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
+        _check(self.init_parts in INIT_PARTS, "init_parts", self.init_parts,
+               f"one of {INIT_PARTS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +168,8 @@ class Config:
         if method in ("true-graph", "full-graph") and not decoder.learned:
             raise ValueError(f"decoder {self.model.decoder!r} has no parameters: "
                              f"method={method!r} would have nothing to train")
+        if self.model.encoder == "correlation-lstm":
+            _check_corr_lstm(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +177,20 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         return cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+
+
+def _check_corr_lstm(config: Config) -> None:
+    """Corr. (LSTM) is a second stage: a classifier on a trained single LSTM's states."""
+    m, t = config.model, config.train
+    wanted = {"decoder": (m.decoder, "lstm-single"), "method": (t.method, "supervised"),
+              "init_parts": (t.init_parts, "decoder")}
+    for name, (value, needed) in wanted.items():
+        if value != needed or not t.init_from:
+            raise ValueError(
+                f"encoder 'correlation-lstm' classifies the hidden states of a trained single "
+                f"LSTM: it needs decoder='lstm-single', method='supervised', init_from=<a run "
+                f"of --decoder lstm-single> and init_parts='decoder'; got {name}={value!r}, "
+                f"init_from={t.init_from!r}")
 
 
 # The reference's RNN burn-in on its 49-frame training trajectories: ground truth while

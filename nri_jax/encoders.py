@@ -12,6 +12,8 @@ logits. Edge order: `graphs.fully_connected_index`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -85,6 +87,7 @@ class MLPEncoder(nn.Module):
     dropout: float = 0.0
     factor: bool = True
     compute_dtype: str = "float32"
+    reads_decoder: ClassVar[bool] = False  # built from the config alone
 
     @classmethod
     def from_config(cls, config) -> "MLPEncoder":
@@ -190,6 +193,7 @@ class CNNEncoder(nn.Module):
     dropout: float = 0.0
     factor: bool = True
     compute_dtype: str = "float32"
+    reads_decoder: ClassVar[bool] = False  # built from the config alone
 
     @classmethod
     def from_config(cls, config) -> "CNNEncoder":

@@ -335,10 +335,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     # A model that does not match init_from fails here, before any file is written.
     initial = config.train.init_from and _initial_variables(
         NRI(config.model, physics=simulation.Physics.of_dataset(dataset)),
-        config.train.init_from, np.asarray(dataset.train.features[:1])[:, :, :n_encoder_frames])
+        config.train.init_from, np.asarray(dataset.train.features[:1])[:, :, :n_encoder_frames],
+        config.train.init_parts)
     run = Run(config, dataset, workdir, n_encoder_frames)  # bad data fails here, before files
     if initial:  # a resumed run's checkpoint replaces it again below
-        run.state = run.state.replace(**jax.device_put(initial, data_lib.replicated(run.mesh)))
+        initial = jax.device_put(initial, data_lib.replicated(run.mesh))
+        run.state = run.state.replace(**{collection: {**getattr(run.state, collection), **parts}
+                                         for collection, parts in initial.items()})
     if processes.is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps its files (the config is checked equal); a run killed
@@ -501,18 +504,26 @@ def load_model(run_dir: str | os.PathLike) -> tuple[Config, NRI, dict]:
     return config, model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _initial_variables(model: NRI, source: str, example: np.ndarray) -> dict:
-    """The best variables of the run in `source`, checked against the shapes of
-    `model`'s on `example` and cast to its dtypes."""
-    ours = _abstract_variables(model, example)
-    variables = load_model(source)[2]
+def _initial_variables(model: NRI, source: str, example: np.ndarray, parts: str) -> dict:
+    """The best variables of the run in `source` ({"params": {part: ...}, ...}, only the
+    model's "encoder" or "decoder" unless `parts` is "all"), checked against the
+    shapes of `model`'s on `example` and cast to its dtypes."""
+    def select(variables: dict) -> dict:
+        if parts == "all":
+            return variables
+        return {collection: {parts: tree[parts]} for collection, tree in variables.items()
+                if parts in tree}
+
+    ours = select(_abstract_variables(model, example))
+    variables = select(load_model(source)[2])
     theirs = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
     for path, leaf in jax.tree_util.tree_flatten_with_path(ours)[0]:
         if path not in theirs or theirs[path].shape != leaf.shape:
             found = "missing" if path not in theirs else f"of shape {theirs[path].shape}"
             raise ValueError(f"init_from={source!r}: its {jax.tree_util.keystr(path)} is "
                              f"{found}, this model's has shape {leaf.shape}; the two models "
-                             "must have the same encoder, decoder, widths and edge types")
+                             f"must have the same {'encoder, decoder' if parts == 'all' else parts}"
+                             ", widths and edge types")
     if len(theirs) != len(jax.tree.leaves(ours)):
         raise ValueError(f"init_from={source!r} holds parameters this model does not have "
                          f"({len(theirs)} arrays against {len(jax.tree.leaves(ours))})")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from nri_jax.decoders import maybe_remat
 from nri_jax.encoders import check_trajectories
 from nri_jax.nn import check_compute_dtype, torch_dense
-from nri_jax.rollouts import RECURRENT, Protocol, Teaching
+from nri_jax.rollouts import ONE_STEP, RECURRENT, Protocol, Teaching
 
 N_LAYERS = 2  # the original's default
 
@@ -62,7 +62,7 @@ class _LSTMStep(nn.Module):
     @nn.compact
     def __call__(self, carry, xs):
         """carry (per-layer (h, c), last prediction [B, N, D]); xs (frame [B, N, D],
-        read the frame?) -> (carry, prediction [B, N, D])."""
+        read the frame?) -> (carry, (prediction [B, N, D], the top layer's h))."""
         states, last = carry
         frame, read_frame = xs
         x = jnp.where(read_frame, frame, last)
@@ -81,7 +81,7 @@ class _LSTMStep(nn.Module):
         out = drop(nn.relu(torch_dense(width, width, name="out1", compute_dtype=cd)(h)))
         out = torch_dense(n * d if self.joint else d, width, name="out2", compute_dtype=cd)(out)
         prediction = x + out.reshape(b, n, d)
-        return (tuple(new_states), prediction), prediction
+        return (tuple(new_states), prediction), (prediction, h)
 
 
 class LSTMDecoder(nn.Module):
@@ -110,7 +110,6 @@ class LSTMDecoder(nn.Module):
         return cls(hidden=config.decoder_hidden, dropout=config.decoder_dropout,
                    compute_dtype=config.compute_dtype, remat=config.remat)
 
-    @nn.compact
     def __call__(self, inputs: jax.Array, edges: jax.Array | None = None, *, train: bool,
                  teaching: Teaching | None = None) -> jax.Array:
         """inputs [B, N, T, D] (edges ignored) -> predictions [B, N, T-1, D].
@@ -119,21 +118,47 @@ class LSTMDecoder(nn.Module):
         a burn-in of T - 10 steps, at least 1) and its previous prediction otherwise.
         """
         del edges
+        teaching = self.protocol.training(inputs.shape[2]) if teaching is None else teaching
+        return self._rollout(inputs, train, teaching)[0]
+
+    def hidden_states(self, inputs: jax.Array) -> jax.Array:
+        """The top LSTM layer's state after each ground-truth frame (the input of
+        "Corr. (LSTM)", `correlation.CorrelationLSTMEncoder`).
+
+        Args:
+          inputs: [B, N, T, D] trajectories, each step reading the true frame.
+
+        Returns:
+          [B, N, T-1, H]: entry (b, i, s) is object i's h after reading frames 0..s
+          (evaluation mode: no dropout).
+
+        Raises:
+          ValueError: for the joint LSTM, whose states are not per object.
+        """
+        if self.joint:
+            raise ValueError("the joint LSTM's hidden states mix all objects; "
+                             "per-object states need the single LSTM ('lstm-single')")
+        return self._rollout(inputs, False, ONE_STEP)[1]
+
+    @nn.compact
+    def _rollout(self, inputs: jax.Array, train: bool,
+                 teaching: Teaching) -> tuple[jax.Array, jax.Array]:
+        """-> (predictions [B, N, T-1, D], top-layer states [B, N, T-1, H] or joint [B, T-1, N H])."""
         check_trajectories(inputs)
         check_compute_dtype(self.compute_dtype)
         b, n, t, d = inputs.shape
         if t < 2:
             raise ValueError(f"inputs must have T >= 2 frames, got shape {inputs.shape}")
-        teaching = self.protocol.training(t) if teaching is None else teaching
         frames = jnp.moveaxis(inputs, 2, 0)[:-1]  # [T-1, B, N, D]
         width = (b, n * self.hidden) if self.joint else (b, n, self.hidden)
         zeros = jnp.zeros(width, inputs.dtype)
         carry = (tuple((zeros, zeros) for _ in range(N_LAYERS)), jnp.zeros_like(frames[0]))
         rollout = nn.scan(maybe_remat(_LSTMStep, self.remat), variable_broadcast="params",
                           split_rngs={"params": False, "dropout": True}, length=t - 1)
-        _, ys = rollout(self.hidden, self.joint, self.dropout, train, self.compute_dtype,
-                        name="step")(carry, (frames, jnp.asarray(teaching.ground_truth(t - 1))))
-        return jnp.moveaxis(ys, 0, 2)
+        _, (predictions, hidden) = rollout(
+            self.hidden, self.joint, self.dropout, train, self.compute_dtype, name="step")(
+            carry, (frames, jnp.asarray(teaching.ground_truth(t - 1))))
+        return jnp.moveaxis(predictions, 0, 2), jnp.moveaxis(hidden, 0, -2)
 
 
 class JointLSTMDecoder(LSTMDecoder):

@@ -22,7 +22,8 @@ from nri_jax.nn import COMPUTE_DTYPES
 from nri_jax.rollouts import Protocol, Teaching
 
 ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder,
-            "correlation": correlation.CorrelationEncoder}
+            "correlation": correlation.CorrelationEncoder,
+            "correlation-lstm": correlation.CorrelationLSTMEncoder}
 DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder,
             "simulation": simulation.SimulationDecoder, "lstm-single": lstm.LSTMDecoder,
             "lstm-joint": lstm.JointLSTMDecoder}
@@ -34,9 +35,11 @@ class ModelConfig:
 
     Attributes:
       n_edge_types: K >= 2 edge types.
-      encoder: "mlp", "cnn" or "correlation" (the paper's correlation baseline:
+      encoder: "mlp", "cnn", "correlation" (the paper's correlation baseline:
         per-dimension correlations of each pair's trajectories into a small MLP,
-        `correlation.CorrelationEncoder`; train it with method "supervised").
+        `correlation.CorrelationEncoder`; train it with method "supervised") or
+        "correlation-lstm" (the same on the hidden states of a trained single
+        LSTM, which the decoder "lstm-single" holds; `correlation`'s docstring).
       encoder_hidden: encoder width H.
       encoder_dropout: dropout rate in the encoder's MLP blocks (and CNN).
       factor: factor-graph encoder (edge -> node -> edge round) if True.
@@ -146,8 +149,11 @@ class NRI(nn.Module):
 
     def setup(self):
         c = self.config
-        self.encoder = ENCODERS[c.encoder].from_config(c)
         self.decoder = DECODERS[c.decoder].from_config(c, physics=self.physics)
+        encoder = ENCODERS[c.encoder]
+        # An encoder that reads the decoder (Corr. (LSTM)) shares it: one set of parameters.
+        self.encoder = (encoder.from_config(c, decoder=self.decoder) if encoder.reads_decoder
+                        else encoder.from_config(c))
 
     def __call__(self, inputs: jax.Array, *, train: bool, decoder_inputs: jax.Array | None = None,
                  edges: jax.Array | None = None, teaching: Teaching | None = None) -> NRIOutput:

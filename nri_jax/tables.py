@@ -32,6 +32,8 @@ PAPER_ACCURACY = {
 # Published test MSE (normalised units) by (method, system, objects) and horizon.
 PAPER_MSE = {("nri", "springs", 5): {1: 3.12e-8, 20: 2.13e-5}}
 HORIZONS = (1, 10, 20)
+# The paper's names of the correlation baselines (encoders trained on the labels).
+CORRELATION_NAMES = {"correlation": "Corr. (path)", "correlation-lstm": "Corr. (LSTM)"}
 
 
 def _at_horizons(mse: list[float]) -> dict[int, float | None]:
@@ -52,9 +54,12 @@ def _read(run_dir: pathlib.Path) -> tuple[dict, tuple[str, str, int], dict]:
     parts = {"nri": f"{m.encoder} encoder, {m.decoder} decoder",
              "supervised": f"{m.encoder} encoder"}.get(method, f"{m.decoder} decoder")
     label = f"{method} ({parts})"
-    # The paper's "NRI (learned)" figures are not those of its simulation decoder.
+    # The paper's "NRI (learned)" figures are not those of its simulation decoder, nor
+    # the supervised encoder's those of the correlation baselines.
     paper_method = "nri-simulation" if method == "nri" and m.decoder == "simulation" else method
-    if not DECODERS[m.decoder].reads_graph:  # trained through a graph it does not read
+    if m.encoder in CORRELATION_NAMES:
+        label = paper_method = CORRELATION_NAMES[m.encoder]
+    elif not DECODERS[m.decoder].reads_graph:  # trained through a graph it does not read
         label = paper_method = m.decoder
     row = {"run": str(run_dir), "benchmark": f"{d.system} {d.n_objects}", "method": label}
     return row, (paper_method, d.system, d.n_objects), report

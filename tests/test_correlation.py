@@ -1,4 +1,5 @@
-"""The correlation baseline: pair correlations against NumPy, and a classifier that learns."""
+"""The correlation baselines: pair correlations against NumPy, a classifier that learns,
+and Corr. (LSTM) as a second stage on a trained LSTM."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from nri_jax import correlation, graphs
+from nri_jax import configs, correlation, experiment, graphs, tables
+from nri_jax.model import NRI
 
 B, N, T, D = 3, 4, 20, 4
 
@@ -72,3 +74,59 @@ def test_the_classifier_sees_correlations_and_nothing_else(by_amplitude):
                               == test_labels))
     # Chance is 0.5 +- 0.022 over 512 test pairs.
     assert accuracy < 0.6 if by_amplitude else accuracy > 0.97, accuracy
+
+
+def corr_lstm_config(tmp_path, lstm_run):
+    return configs.override(configs.get_preset("tiny"), encoder="correlation-lstm",
+                            decoder="lstm-single", method="supervised", init_from=str(lstm_run),
+                            init_parts="decoder", data_dir=str(tmp_path / "data"))
+
+
+def test_corr_lstm_correlates_the_lstm_states_and_never_trains_them(tmp_path):
+    config = corr_lstm_config(tmp_path, tmp_path / "lstm")
+    model = NRI(config.model)
+    x = jax.random.normal(jax.random.key(0), (B, N, T, D))
+    variables = model.init({"params": jax.random.key(1), "gumbel": jax.random.key(2)}, x,
+                           train=False)
+    assert set(variables["params"]) == {"encoder", "decoder"}  # the LSTM once, as the decoder
+    states = model.apply(variables, x, method=lambda m, x: m.decoder.hidden_states(x))
+    got = model.apply(variables, x, method=lambda m, x: m.encoder.correlations(x))
+    np.testing.assert_array_equal(got, correlation.pair_correlations(states))
+    assert got.shape == (B, N * (N - 1), config.model.decoder_hidden)
+    labels = jnp.zeros((B, N * (N - 1)), jnp.int32)
+
+    def loss(params):
+        logits = model.apply({**variables, "params": params}, x, train=True, method=NRI.encode)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    grads = jax.grad(loss)(variables["params"])
+    assert all(np.all(g == 0) for g in jax.tree.leaves(grads["decoder"]))
+    assert any(np.any(g != 0) for g in jax.tree.leaves(grads["encoder"]))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"decoder": "lstm-joint", "method": "full-graph"}, "decoder='lstm-joint'"),
+    ({"method": "nri", "decoder": "mlp"}, "decoder='mlp'"),
+    ({"init_from": None}, "init_from=None"),
+    ({"init_parts": "all"}, "init_parts='all'"),
+])
+def test_corr_lstm_is_refused_without_its_trained_lstm(tmp_path, change, named):
+    with pytest.raises(ValueError, match=f"correlation-lstm.*{named}"):
+        configs.override(corr_lstm_config(tmp_path, tmp_path / "lstm"), **change)
+
+
+@pytest.mark.e2e
+def test_corr_lstm_is_a_second_stage_on_a_trained_lstm_run(tmp_path):
+    lstm_config = configs.override(configs.get_preset("tiny"), decoder="lstm-single",
+                                   method="full-graph", epochs=1,
+                                   data_dir=str(tmp_path / "data"))
+    experiment.train_and_evaluate(lstm_config, tmp_path / "lstm", log=lambda _: None)
+    config = corr_lstm_config(tmp_path, tmp_path / "lstm")
+    report = experiment.train_and_evaluate(config, tmp_path / "corr", log=lambda _: None)
+    assert 0 <= report["edge_accuracy"] <= 1 and "mse_by_horizon" not in report
+    trained_lstm = experiment.load_model(tmp_path / "lstm")[2]["params"]["decoder"]
+    after = experiment.load_model(tmp_path / "corr")[2]["params"]["decoder"]
+    for want, got in zip(jax.tree.leaves(trained_lstm), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(got, want)  # loaded exactly, and never trained
+    rows = tables.tables([tmp_path / "corr"])["table1"]
+    assert [(r["method"], r["paper"]) for r in rows] == [("Corr. (LSTM)", None)]

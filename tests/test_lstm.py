@@ -25,14 +25,15 @@ def numpy_cell(p, x, h, c):
     return sigmoid(o) * np.tanh(c), c
 
 
-def numpy_decoder(params, x, ground_truth, joint):
-    """The baseline's rollout written out: [B, N, T, D] -> [B, N, T-1, D]."""
+def numpy_decoder(params, x, ground_truth, joint, *, hidden=False):
+    """The baseline's rollout written out: [B, N, T, D] -> [B, N, T-1, D]; with `hidden`,
+    the top layer's states after each step instead ([B, N, T-1, H], single LSTM)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["step"])
     dense = lambda name, v: v @ p[name]["kernel"] + p[name]["bias"]  # noqa: E731
     width = N * H if joint else H
     shape = (B, width) if joint else (B, N, width)
     states = [(np.zeros(shape), np.zeros(shape)) for _ in range(lstm.N_LAYERS)]
-    previous, out = None, []
+    previous, out, states_out = None, [], []
     for s in range(T - 1):
         frame = x[:, :, s] if ground_truth[s] else previous
         h = np.maximum(dense("in2", np.maximum(dense("in1", frame), 0)), 0)
@@ -40,10 +41,11 @@ def numpy_decoder(params, x, ground_truth, joint):
         for layer in range(lstm.N_LAYERS):
             states[layer] = numpy_cell(p[f"lstm{layer}"], h, *states[layer])
             h = states[layer][0]
+        states_out.append(h)
         delta = dense("out2", np.maximum(dense("out1", h), 0))
         previous = frame + delta.reshape(B, N, D)
         out.append(previous)
-    return np.stack(out, axis=2)
+    return np.stack(states_out if hidden else out, axis=2)
 
 
 def init(joint, x):
@@ -60,6 +62,19 @@ def test_matches_a_numpy_rollout(joint, teaching, x64):
         variables, x)
     expected = numpy_decoder(variables["params"], x, teaching.ground_truth(T - 1), joint)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hidden_states_are_the_top_layer_after_each_true_frame(x64):
+    x = np.random.default_rng(3).normal(size=(B, N, T, D))
+    decoder, variables = init(False, jnp.asarray(x))
+    got = jax.jit(lambda v, x: decoder.apply(v, x, method=lstm.LSTMDecoder.hidden_states))(
+        variables, x)
+    expected = numpy_decoder(variables["params"], x, np.ones(T - 1, bool), False, hidden=True)
+    assert got.shape == (B, N, T - 1, H)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    joint, joint_variables = init(True, jnp.asarray(x))
+    with pytest.raises(ValueError, match="joint LSTM's hidden states mix all objects"):
+        joint.apply(joint_variables, x, method=lstm.LSTMDecoder.hidden_states)
 
 
 @pytest.mark.parametrize("joint", [False, True])

@@ -160,6 +160,25 @@ def test_init_from_starts_from_the_source_parameters(source, trained, exported, 
                                                      jax.tree.leaves(ends["random"])))
 
 
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_init_parts_loads_one_part_of_another_model(part, trained, tmp_path):
+    start = experiment.load_model(trained)[2]["params"]
+    other = "decoder" if part == "encoder" else "encoder"
+    # The other part is wider than the source's: only `part` can be loaded.
+    config = configs.override(configs.get_preset("tiny"), epochs=1, learning_rate=1e-30,
+                              init_from=str(trained), data_dir=str(trained.parent / "data"),
+                              **{f"{other}_hidden": 32})
+    with pytest.raises(ValueError, match=f"{other}.*must have the same encoder, decoder"):
+        experiment.train_and_evaluate(config, tmp_path / "all", log=lambda _: None)
+    config = configs.override(config, init_parts=part)
+    experiment.train_and_evaluate(config, tmp_path / "run", log=lambda _: None)
+    end = experiment.load_model(tmp_path / "run")[2]["params"]
+    for want, got in zip(jax.tree.leaves(start[part]), jax.tree.leaves(end[part])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-30)
+    assert {a.shape for a in jax.tree.leaves(end[other])} != {
+        a.shape for a in jax.tree.leaves(start[other])}
+
+
 def test_init_from_another_model_fails_before_any_file(trained, tmp_path):
     config = configs.override(configs.get_preset("tiny"), epochs=1, decoder_hidden=32,
                               init_from=str(trained), data_dir=str(trained.parent / "data"))
