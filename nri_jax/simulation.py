@@ -66,8 +66,8 @@ class Physics(NamedTuple):
         return cls.of(dataset.system, dataset.metadata.get("physics"), dataset.stats)
 
 
-def _check(physics: Physics | None, n_edge_types: int) -> dict[str, Any]:
-    """The settings dict of `physics`; ValueError when the decoder cannot simulate it."""
+def _check(physics: Physics | None, n_edge_types: int) -> None:
+    """Raises ValueError when the decoder cannot simulate `physics` with these edge types."""
     if physics is None:
         raise ValueError("the simulation decoder needs the data's physics: build the model as "
                          "NRI(config, physics=simulation.Physics.of_dataset(dataset))")
@@ -79,7 +79,6 @@ def _check(physics: Physics | None, n_edge_types: int) -> dict[str, Any]:
     if n_edge_types != types:
         raise ValueError(f"the simulation decoder on {physics.system} needs n_edge_types="
                          f"{types} (one per interaction the simulator knows), got {n_edge_types}")
-    return settings
 
 
 def couplings(physics: Physics, edges: jax.Array) -> jax.Array:

@@ -69,8 +69,8 @@ def graph_readout(graph: jraph.GraphsTuple, *, reduce: str = "sum",
     return pool_nodes(graph.nodes, graph, reduce=reduce, padded=padded)
 
 
-class NodeReadout(nn.Module):
-    """An MLP applied to every node: nodes [sum N, F] -> [sum N, widths[-1]].
+class _MLPReadout(nn.Module):
+    """An MLP applied to one row per node or edge (`rows` says which).
 
     Attributes:
       widths: the MLP's layer widths.
@@ -84,35 +84,30 @@ class NodeReadout(nn.Module):
         check_widths("widths", self.widths)
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
-        """Returns [sum N, widths[-1]]."""
-        check_graph_features(graph)
-        return MLP(self.widths, self.activation, name="mlp")(graph.nodes)
-
-
-class EdgeReadout(nn.Module):
-    """An MLP on each edge's [v_sender, v_receiver, e] (e left out when edges are None).
-
-    Attributes:
-      widths: the MLP's layer widths.
-      activation: between its layers.
-    """
-
-    widths: Sequence[int]
-    activation: Callable[[jax.Array], jax.Array] = nn.relu
-
-    def __post_init__(self):
-        check_widths("widths", self.widths)
-        super().__post_init__()
+    def rows(self, graph: jraph.GraphsTuple) -> jax.Array:
+        raise NotImplementedError
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
-        """Returns [sum E, widths[-1]]."""
+        """Returns [rows, widths[-1]]."""
         check_graph_features(graph)
-        inputs = graphs.node_to_edge(graph.nodes, graph.senders, graph.receivers,
-                                     graph.edges, axis=0)
-        return MLP(self.widths, self.activation, name="mlp")(inputs)
+        return MLP(self.widths, self.activation, name="mlp")(self.rows(graph))
+
+
+class NodeReadout(_MLPReadout):
+    """An MLP applied to every node: nodes [sum N, F] -> [sum N, widths[-1]]."""
+
+    def rows(self, graph: jraph.GraphsTuple) -> jax.Array:
+        return graph.nodes
+
+
+class EdgeReadout(_MLPReadout):
+    """An MLP on each edge's [v_sender, v_receiver, e] (e left out when edges are None):
+    -> [sum E, widths[-1]]."""
+
+    def rows(self, graph: jraph.GraphsTuple) -> jax.Array:
+        return graphs.node_to_edge(graph.nodes, graph.senders, graph.receivers, graph.edges,
+                                   axis=0)
 
 
 class GatedSumReadout(nn.Module):
