@@ -47,14 +47,10 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, "") and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    # Run as a script: benchmarks/simulators.py would shadow the `simulators` package.
-    sys.path.pop(0)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from nri_jax import checkpointing, configs, experiment, training  # noqa: E402
+from nri_jax import checkpointing, configs, experiment, training
 
 MB = 2 ** 20
 PAGE = os.sysconf("SC_PAGE_SIZE")

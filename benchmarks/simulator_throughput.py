@@ -1,8 +1,8 @@
 """Simulator throughput: trajectories per second and the time for each default dataset.
 
-    .venv/bin/python -m benchmarks.simulators              # measure one chunk, extrapolate
-    .venv/bin/python -m benchmarks.simulators --full       # generate the full default sizes
-    .venv/bin/python -m benchmarks.simulators --layouts    # layout / loop-shape comparisons
+    .venv/bin/python -m benchmarks.simulator_throughput              # measure one chunk, extrapolate
+    .venv/bin/python -m benchmarks.simulator_throughput --full       # generate the full default sizes
+    .venv/bin/python -m benchmarks.simulator_throughput --layouts    # layout / loop-shape comparisons
 
 Default sizes (reference, NRI_REFERENCE.md section 2): 50k train + 10k valid trajectories of
 49 frames and 10k test of 99 frames (every 100 steps for springs / charged; Kuramoto always
