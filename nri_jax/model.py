@@ -17,11 +17,12 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from nri_jax import correlation, decoders, encoders, lstm, sampling, simulation
+from nri_jax import attention, correlation, decoders, encoders, lstm, sampling, simulation
 from nri_jax.nn import COMPUTE_DTYPES
 from nri_jax.rollouts import Protocol, Teaching
 
 ENCODERS = {"mlp": encoders.MLPEncoder, "cnn": encoders.CNNEncoder,
+            "attention": attention.AttentionEncoder,
             "correlation": correlation.CorrelationEncoder,
             "correlation-lstm": correlation.CorrelationLSTMEncoder}
 DECODERS = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder,
@@ -35,7 +36,10 @@ class ModelConfig:
 
     Attributes:
       n_edge_types: K >= 2 edge types.
-      encoder: "mlp", "cnn", "correlation" (the paper's correlation baseline:
+      encoder: "mlp", "cnn", "attention" (per-object trajectory embeddings,
+        rounds of multi-head attention over the other objects, then the
+        edge head: `attention.AttentionEncoder`), "correlation" (the paper's
+        correlation baseline:
         per-dimension correlations of each pair's trajectories into a small MLP,
         `correlation.CorrelationEncoder`; train it with method "supervised") or
         "correlation-lstm" (the same on the hidden states of a trained single
