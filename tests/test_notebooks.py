@@ -4,8 +4,8 @@ Each notebook is executed with nbclient in one temporary working directory (its
 datasets and runs go there, never into the repository), with
 NRI_NOTEBOOK_SMOKE=1 so that the notebooks shrink their sizes. Notebook 03
 opens the shipped model by default and, given NRI_RUN_DIR, the run that
-notebook 02 trained (02 runs first in the same directory). A cell that raises
-fails the test.
+notebook 02 trained (02 runs first in the same directory). Notebook 04 (the GNN
+toolkit) stands alone. A cell that raises fails the test.
 """
 
 import os
@@ -18,7 +18,8 @@ from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-ORDER = ("01_simulators.ipynb", "02_train_nri.ipynb", "03_inspect_model.ipynb")
+ORDER = ("01_simulators.ipynb", "02_train_nri.ipynb", "03_inspect_model.ipynb",
+         "04_gnn_toolkit.ipynb")
 KERNEL_CHECK = "import sys; print(sys.executable)"
 
 
@@ -129,3 +130,15 @@ def test_inspection_notebook_opens_the_shipped_model_by_default(tmp_path):
     accuracy = float(text.split("edge accuracy over 200 test examples: ")[1].split()[0])
     assert accuracy > 0.95  # the shipped model's 0.9925, on a small sample
     assert _n_images(nb) >= 7
+
+
+@pytest.mark.e2e
+def test_gnn_toolkit_notebook_runs(tmp_path):
+    nb = _execute("04_gnn_toolkit.ipynb", tmp_path)
+    text = _text(nb)
+    assert "smoke mode: True; saving figures: False" in text
+    gcn_accuracy = float(text.split("test accuracy: GCN ")[1].split(",")[0])
+    assert gcn_accuracy > 0.9  # chance 0.25
+    assert "1 compiled step shape(s)" in text and "depth  4" in text
+    assert _n_images(nb) >= 8
+    assert not list(tmp_path.rglob("*.png"))  # smoke runs save no figures

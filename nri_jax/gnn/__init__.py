@@ -14,4 +14,17 @@ One module per idea:
     readout.py         node, edge and graph readouts (sum, mean, max, gated sum)
     norm.py            PairNorm and residual wrappers
     diffpool.py        hierarchical pooling (DiffPool)
+
+Worked examples on graphs made without downloads (notebooks/04_gnn_toolkit.ipynb):
+
+    datasets.py        stochastic block models, Erdos-Renyi, rings of cliques, graph
+                       families for graph classification, edge and node splits
+    models.py          node (GAT) and graph (readout, DiffPool) classifiers; per-example loss
+    fit.py             full-batch Adam in one lax.scan; a jitted mini-batch step
+    autoencoder.py     graph autoencoder (link prediction), AUC, average precision,
+                       degree baseline
+    infomax.py         Deep Graph Infomax (row-shuffle corruption, bilinear discriminator)
+    probes.py          nearest-centroid probe of frozen embeddings
+    oversmoothing.py   deep GCN stacks (PairNorm, residual), mean pairwise distance
+    subgraphs.py       Cluster-GCN: node partitions, induced-subgraph batches
 """
