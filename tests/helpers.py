@@ -1,7 +1,11 @@
 """Helpers shared by the model tests."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from nri_jax import configs, experiment
+from nri_jax import data as data_lib
 
 
 def numpy_variables(module, *args, seed=0, **kwargs):
@@ -25,3 +29,14 @@ def numpy_variables(module, *args, seed=0, **kwargs):
         return (rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])).astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def small_springs_splits(data_dir) -> tuple:
+    """(train, valid) `data.Split`s of a 1024/256/256 springs-5 dataset in `data_dir`: the
+    size the supervised learning checks share (the same simulator programs, compiled once
+    per session through the tests' compilation cache)."""
+    data = configs.DataConfig(n_train=1024, n_valid=256, n_test=256, data_dir=str(data_dir))
+    dataset, _ = experiment.load_data(data)
+    split = lambda s: data_lib.Split(jnp.asarray(np.asarray(s.features[:])),  # noqa: E731
+                                     jnp.asarray(np.asarray(s.labels[:])))
+    return split(dataset.train), split(dataset.valid)

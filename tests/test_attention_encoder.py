@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from nri_jax import attention, configs, experiment, graphs, training
+from nri_jax import attention, configs, graphs, training
 from nri_jax import data as data_lib
 from nri_jax.model import ENCODERS, NRI, ModelConfig
-from helpers import numpy_variables
+from helpers import numpy_variables, small_springs_splits
 
 
 def _float64(tree):
@@ -150,14 +150,7 @@ def test_selected_by_the_model_config():
 
 @pytest.fixture(scope="module")
 def springs(tmp_path_factory):
-    # The sizes of test_methods.py's data: the same simulator programs, compiled once per
-    # session (tests/conftest.py's compilation cache).
-    data = configs.DataConfig(n_train=1024, n_valid=256, n_test=256,
-                              data_dir=str(tmp_path_factory.mktemp("springs") / "data"))
-    dataset, _ = experiment.load_data(data)
-    split = lambda s: data_lib.Split(jnp.asarray(np.asarray(s.features[:])),
-                                     jnp.asarray(np.asarray(s.labels[:])))
-    return split(dataset.train), split(dataset.valid)
+    return small_springs_splits(tmp_path_factory.mktemp("springs") / "data")
 
 
 def _supervised_accuracies(train, valid, label_sets, epochs=3, batch=64):

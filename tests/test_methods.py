@@ -11,6 +11,8 @@ from nri_jax import data as data_lib
 from nri_jax.model import NRI
 from nri_jax.rollouts import Teaching
 
+from helpers import small_springs_splits
+
 B, N, T, D = 8, 4, 12, 4
 
 
@@ -82,12 +84,7 @@ def test_supervised_method_trains_the_encoder_on_the_labels():
 
 @pytest.fixture(scope="module")
 def springs(tmp_path_factory):
-    data = configs.DataConfig(n_train=1024, n_valid=256, n_test=256,
-                              data_dir=str(tmp_path_factory.mktemp("springs") / "data"))
-    dataset, _ = experiment.load_data(data)
-    split = lambda s: data_lib.Split(jnp.asarray(np.asarray(s.features[:])),
-                                     jnp.asarray(np.asarray(s.labels[:])))
-    return split(dataset.train), split(dataset.valid)
+    return small_springs_splits(tmp_path_factory.mktemp("springs") / "data")
 
 
 def _supervised_accuracy(train, valid, labels):
