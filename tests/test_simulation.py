@@ -98,6 +98,19 @@ def test_gradients_reach_the_edge_weights(system, x64):
     np.testing.assert_allclose(jnp.vdot(grad, direction), numeric, rtol=1e-5)
 
 
+def test_finite_cotangent_passes_values_and_drops_only_non_finite_gradients():
+    x = jnp.array([1.0, 2.0, 3.0])
+    scale = jnp.array([jnp.inf, 2.0, jnp.nan])  # an overflowed path, a good one, a NaN
+
+    def f(x):
+        return jnp.sum(simulation.finite_cotangent(x) * 1.0)
+
+    np.testing.assert_array_equal(jax.jit(simulation.finite_cotangent)(x), x)
+    _, pullback = jax.vjp(simulation.finite_cotangent, x)
+    np.testing.assert_array_equal(pullback(scale)[0], [0.0, 2.0, 0.0])
+    np.testing.assert_array_equal(jax.grad(f)(x), [1.0, 1.0, 1.0])
+
+
 def test_what_it_cannot_simulate_is_refused():
     x = jnp.zeros((2, N, T, 4))
     edges = jnp.zeros((2, N * (N - 1), 2))
