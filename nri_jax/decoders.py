@@ -1,7 +1,8 @@
 """Decoders: predict trajectories [B, N, T, D] given edge-type weights [B, E, K].
 
 Both decoders pass messages along every edge of the fully connected graph with
-one message MLP per edge type (`TypedMessages`); an edge's message is the sum
+one message MLP per edge type (`gnn.rgcn.TypedMessages`, an R-GCN layer whose
+per-type map is an MLP of sender and receiver); an edge's message is the sum
 over types of the type's MLP output times the edge's weight for that type. The
 weights `edges` may be Gumbel-softmax samples, one-hot ground-truth labels
 (`one_hot_edges`) or a fully connected graph (`fully_connected_edges`), so the
@@ -16,7 +17,7 @@ prediction of frame t+1 of `inputs`.
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,8 @@ from jax import lax
 
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
-from nri_jax.nn import MessageGRUCell, check_compute_dtype, matmul, torch_dense, torch_uniform
+from nri_jax.gnn.rgcn import TypedMessages
+from nri_jax.nn import MessageGRUCell, check_compute_dtype, torch_dense
 from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 
 # Divisors of the recurrent decoder's summed incoming messages (RNNDecoder.message_scale).
@@ -97,67 +99,6 @@ def check_edges(edges: jax.Array, inputs: jax.Array, n_types: int) -> None:
     expected = (b, n * (n - 1), n_types)
     if edges.shape != expected:
         raise ValueError(f"edges must be [B, E, K] = {expected}, got shape {edges.shape}")
-
-
-def _add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-    """x [..., F] + bias [F], broadcasting explicitly (the tests forbid rank promotion)."""
-    return x + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
-
-
-class TypedMessages(nn.Module):
-    """Per-edge-type message MLPs on [sender, receiver] features, summed over types.
-
-    For edge (i <- j) with weights w[k]:
-      m = sum_k w[k] * act(W2_k act(W1_k [x_j, x_i] + b1_k) + b2_k),
-    over k >= 1 if `skip_first`, else over all K types.
-
-    The first layer on the concatenation is split as W1s_k x_j + W1r_k x_i, so it
-    is computed per node (N rows) and gathered onto edges (N(N-1) rows): 1/(N-1)
-    of the direct cost. The second layers are one [rows, H] x [H, H] product per
-    type (measured faster on CPU than one batched einsum over types).
-
-    Attributes:
-      hidden: H, width of both layers.
-      n_edge_types: K.
-      skip_first: type 0 sends no message.
-      activation: nonlinearity after each layer (ReLU in the MLP decoder, tanh
-        in the recurrent one).
-      dropout: dropout rate between the two layers (training only).
-      compute_dtype: dtype of the products ("float32" or "bfloat16").
-    """
-
-    hidden: int
-    n_edge_types: int
-    skip_first: bool
-    activation: Callable[[jax.Array], jax.Array]
-    dropout: float = 0.0
-    compute_dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, nodes: jax.Array, edges: jax.Array, *, train: bool) -> jax.Array:
-        """nodes [..., N, F], edges [..., E, K] (broadcastable leading axes) -> [..., E, H]."""
-        n, f = nodes.shape[-2:]
-        k, h = self.n_edge_types, self.hidden
-        w1 = self.param("first_kernel", torch_uniform(2 * f), (k, 2 * f, h))
-        b1 = self.param("first_bias", torch_uniform(2 * f), (k, h))
-        w2 = self.param("second_kernel", torch_uniform(h), (k, h, h))
-        b2 = self.param("second_bias", torch_uniform(h), (k, h))
-        senders, receivers = graphs.fully_connected_index(n)
-        dropout = nn.Dropout(self.dropout)
-        messages = 0.0
-        for t in range(1 if self.skip_first else 0, k):
-            # Concatenation order [sender, receiver] as in graphs.node_to_edge.
-            first = (graphs.gather_senders(matmul(nodes, w1[t, :f], self.compute_dtype), senders)
-                     + graphs.gather_receivers(matmul(nodes, w1[t, f:], self.compute_dtype),
-                                               receivers))
-            hidden = dropout(self.activation(_add_bias(first, b1[t])), deterministic=not train)
-            second = self.activation(_add_bias(matmul(hidden, w2[t], self.compute_dtype), b2[t]))
-            messages = messages + second * edges[..., t:t + 1]
-        return messages
-
-    @property
-    def n_active_types(self) -> int:
-        return self.n_edge_types - 1 if self.skip_first else self.n_edge_types
 
 
 def _output_mlp(x: jax.Array, hidden: int, out: int, dropout: float, train: bool,

@@ -8,7 +8,8 @@ One module per idea:
     message_passing.py the generic message / aggregate / update layer
     gcn.py             graph convolution (self-loops, symmetric normalisation)
     gat.py             multi-head graph attention; attention on a fully connected graph
-    rgcn.py            relational GCN: K edge types, basis decomposition
+    rgcn.py            relational GCN: K edge types, basis decomposition; typed
+                       message MLPs (the message layer of NRI's decoders)
     graph_network.py   graph network block (edge, node, global updates), interaction network
     ecc.py             edge-conditioned convolution
     readout.py         node, edge and graph readouts (sum, mean, max, gated sum)
