@@ -1,6 +1,8 @@
 """Tests of configs, presets and overrides."""
 
 import dataclasses
+import json
+import pathlib
 
 import pytest
 
@@ -53,3 +55,18 @@ def test_invalid_values_fail_naming_the_field(field, value):
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match="unknown preset 'nope'.*quick"):
         configs.get_preset("nope")
+
+
+@pytest.mark.parametrize("preset, shipped", [("springs5-cpu", "springs5"),
+                                             ("springs10-cpu", "springs10")])
+def test_cpu_presets_are_the_shipped_models_settings(preset, shipped):
+    """Each CPU preset is the exact config its shipped model was trained with (so its
+    stated figure is that model's), the start model's path aside, resolved the same."""
+    run = configs.PRETRAINED_DIR / shipped
+    recorded = configs.Config.from_dict(json.loads((run / "config.json").read_text()))
+    config = configs.get_preset(preset)
+    starts = [c.train.init_from and pathlib.Path(c.train.init_from) for c in (config, recorded)]
+    assert starts[0] == (starts[1] and configs.PRETRAINED_DIR.parent / starts[1])
+    assert config.train.lr_schedule == "cosine"  # which does not read the step decay's fields
+    unread = dict(init_from=None, lr_decay_every=1, lr_decay_factor=1.0)
+    assert configs.override(config, **unread) == configs.override(recorded, **unread)
