@@ -1,7 +1,8 @@
-"""Helpers shared by the model tests."""
+"""Helpers shared by the model and graph-layer tests."""
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 
 from nri_jax import configs, experiment
@@ -40,3 +41,43 @@ def small_springs_splits(data_dir) -> tuple:
     split = lambda s: data_lib.Split(jnp.asarray(np.asarray(s.features[:])),  # noqa: E731
                                      jnp.asarray(np.asarray(s.labels[:])))
     return split(dataset.train), split(dataset.valid)
+
+
+# The default batch of `random_multigraphs`: a one-node graph without edges in the middle.
+SIZES, N_EDGES = (4, 1, 6), (6, 0, 9)
+
+
+def random_multigraphs(seed, sizes=SIZES, n_edges=N_EDGES, f_node=3, f_edge=2,
+                       f_global=None) -> jraph.GraphsTuple:
+    """A batch of random float64 multigraphs (self-loops, repeated edges) in which node 0
+    of each graph has no incoming edge.
+
+    f_edge / f_global None: no edge features / globals. A graph of 0 nodes must have 0 edges.
+    """
+    rng = np.random.default_rng(seed)
+    first = np.cumsum((0,) + tuple(sizes[:-1]))
+    senders = np.concatenate([o + rng.integers(0, max(n, 1), e)
+                              for o, n, e in zip(first, sizes, n_edges)])
+    receivers = np.concatenate([o + rng.integers(1, max(n, 2), e)
+                                for o, n, e in zip(first, sizes, n_edges)])
+    nodes = rng.normal(size=(sum(sizes), f_node))
+    edges = None if f_edge is None else rng.normal(size=(sum(n_edges), f_edge))
+    globals_ = None if f_global is None else rng.normal(size=(len(sizes), f_global))
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, globals=globals_,
+        senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
+        n_node=np.array(sizes, np.int32), n_edge=np.array(n_edges, np.int32))
+
+
+def padded_with_junk(graph, seed=9) -> jraph.GraphsTuple:
+    """`jraph.pad_with_graphs` (a padding graph and an empty one), padding rows then
+    overwritten with large random values that would show if they leaked."""
+    n, e, g = len(graph.nodes), len(graph.senders), len(graph.n_node)
+    padded = jraph.pad_with_graphs(graph, n_node=n + 3, n_edge=e + 4, n_graph=g + 2)
+    rng = np.random.default_rng(seed)
+
+    def junk(x, real):
+        return None if x is None else np.concatenate(
+            [x[:real], 100 * rng.normal(size=(len(x) - real,) + x.shape[1:])])
+    return padded._replace(nodes=junk(padded.nodes, n), edges=junk(padded.edges, e),
+                           globals=junk(padded.globals, g))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nri_jax.gnn import diffpool
-from helpers import numpy_variables
+from helpers import numpy_variables, random_multigraphs
 
 REAL = (5, 3, 1)  # real nodes of each graph, padded to N = 6
 N = 6
@@ -145,16 +145,8 @@ def test_to_dense_with_edge_weights():
     np.testing.assert_array_equal(dense.adjacency[1], [[0, 4.0, 0], [0, 0, 0], [0, 0, 0]])
 
 
-def random_graphs(seed, sizes=(5, 1, 4), n_edges=(7, 0, 5), f=3):
-    rng = np.random.default_rng(seed)
-    first = np.cumsum((0,) + sizes[:-1])
-    senders = np.concatenate([o + rng.integers(0, n, e) for o, n, e in zip(first, sizes, n_edges)])
-    receivers = np.concatenate([o + rng.integers(1, max(n, 2), e)
-                                for o, n, e in zip(first, sizes, n_edges)])
-    return jraph.GraphsTuple(
-        nodes=rng.normal(size=(sum(sizes), f)), edges=None, senders=senders.astype(np.int32),
-        receivers=receivers.astype(np.int32), globals=None,
-        n_node=np.array(sizes, np.int32), n_edge=np.array(n_edges, np.int32))
+def random_graphs(seed):
+    return random_multigraphs(seed, sizes=(5, 1, 4), n_edges=(7, 0, 5), f_edge=None)
 
 
 def test_padded_graphs_pool_like_unpadded_ones_and_stay_finite():

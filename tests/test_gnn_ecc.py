@@ -2,40 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 import pytest
 
 from nri_jax.gnn import ecc
-from helpers import numpy_variables
-
-SIZES, N_EDGES = (4, 1, 6), (6, 0, 9)  # a one-node graph without edges in the middle
-
-
-def random_graphs(seed, sizes=SIZES, n_edges=N_EDGES, f_node=3, f_edge=2):
-    """Random multigraphs (self-loops, repeated edges); node 0 of each graph has no
-    incoming edge."""
-    rng = np.random.default_rng(seed)
-    first = np.cumsum((0,) + sizes[:-1])
-    senders = np.concatenate([o + rng.integers(0, n, e) for o, n, e in zip(first, sizes, n_edges)])
-    receivers = np.concatenate([o + rng.integers(1, max(n, 2), e)
-                                for o, n, e in zip(first, sizes, n_edges)])
-    return jraph.GraphsTuple(
-        nodes=rng.normal(size=(sum(sizes), f_node)), edges=rng.normal(size=(sum(n_edges), f_edge)),
-        senders=senders.astype(np.int32), receivers=receivers.astype(np.int32), globals=None,
-        n_node=np.array(sizes, np.int32), n_edge=np.array(n_edges, np.int32))
-
-
-def padded_with_junk(graph, seed=9):
-    """`jraph.pad_with_graphs`, padding rows overwritten with large random values."""
-    n, e, g = len(graph.nodes), len(graph.senders), len(graph.n_node)
-    padded = jraph.pad_with_graphs(graph, n_node=n + 3, n_edge=e + 4, n_graph=g + 2)
-    rng = np.random.default_rng(seed)
-
-    def junk(x, real):
-        return np.concatenate([x[:real], 100 * rng.normal(size=(len(x) - real,) + x.shape[1:])])
-    return padded._replace(nodes=junk(padded.nodes, n), edges=junk(padded.edges, e))
-
+from helpers import N_EDGES, SIZES, numpy_variables, padded_with_junk
+from helpers import random_multigraphs as random_graphs
 
 def np_ecc(params, graph, f_out, aggregation):
     """Loops over edges: filter MLP (ReLU between layers), sender @ filter, mean or sum."""

@@ -8,38 +8,11 @@ import numpy as np
 import pytest
 
 from nri_jax.gnn import graph_network as gn
-from helpers import numpy_variables
-
-SIZES, N_EDGES = (4, 1, 6), (6, 0, 9)  # a one-node graph without edges in the middle
+from helpers import numpy_variables, padded_with_junk, random_multigraphs
 
 
-def random_graphs(seed, sizes=SIZES, n_edges=N_EDGES, f_node=3, f_edge=2, f_global=2):
-    """Random multigraphs (self-loops, repeated edges); node 0 of each graph has no
-    incoming edge."""
-    rng = np.random.default_rng(seed)
-    first = np.cumsum((0,) + sizes[:-1])
-    senders = np.concatenate([o + rng.integers(0, n, e) for o, n, e in zip(first, sizes, n_edges)])
-    receivers = np.concatenate([o + rng.integers(1, max(n, 2), e)
-                                for o, n, e in zip(first, sizes, n_edges)])
-    return jraph.GraphsTuple(
-        nodes=rng.normal(size=(sum(sizes), f_node)), edges=rng.normal(size=(sum(n_edges), f_edge)),
-        senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
-        globals=rng.normal(size=(len(sizes), f_global)),
-        n_node=np.array(sizes, np.int32), n_edge=np.array(n_edges, np.int32))
-
-
-def padded_with_junk(graph, seed=9):
-    """`jraph.pad_with_graphs` (a padding graph and an empty one), padding rows then
-    overwritten with large random values that would show if they leaked."""
-    n, e, g = len(graph.nodes), len(graph.senders), len(graph.n_node)
-    padded = jraph.pad_with_graphs(graph, n_node=n + 3, n_edge=e + 4, n_graph=g + 2)
-    rng = np.random.default_rng(seed)
-
-    def junk(x, real):
-        return None if x is None else np.concatenate(
-            [x[:real], 100 * rng.normal(size=(len(x) - real,) + x.shape[1:])])
-    return padded._replace(nodes=junk(padded.nodes, n), edges=junk(padded.edges, e),
-                           globals=junk(padded.globals, g))
+def random_graphs(seed):
+    return random_multigraphs(seed, f_global=2)
 
 
 def np_mlp(params, x, activate_final=False):
