@@ -79,6 +79,11 @@ class TrainConfig:
         `learning_rate` to 0 over the epochs after the warm-up).
       warmup_epochs: epochs of linear warm-up from 0 to `learning_rate`
         before the schedule starts.
+      clip_grad_norm: scale the gradient down to this global norm before Adam
+        when it is larger; None: no clipping (the reference). One outlier batch
+        (a rollout that diverges) otherwise fills Adam's second-moment estimate
+        with its square, which takes thousands of steps to decay (BENCHMARKS.md,
+        "charged10-cpu").
       variance: fixed variance of the Gaussian likelihood.
       prediction_steps: the MLP decoder sees ground truth every this many frames.
       burn_in_steps: the RNN decoder sees ground truth for this many inputs;
@@ -119,6 +124,7 @@ class TrainConfig:
     lr_decay_factor: float = 0.5
     lr_schedule: str = "step"
     warmup_epochs: int = 0
+    clip_grad_norm: float | None = None
     variance: float = 5e-5
     prediction_steps: int = 10
     burn_in_steps: int | None = None
@@ -145,6 +151,8 @@ class TrainConfig:
                f"one of {LR_SCHEDULES}")
         _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
                f"in [0, epochs={self.epochs})")
+        _check(self.clip_grad_norm is None or 0 < self.clip_grad_norm < math.inf,
+               "clip_grad_norm", self.clip_grad_norm, "positive and finite, or None")
         _check(0 < self.variance < math.inf, "variance", self.variance, "positive and finite")
         _check(self.burn_in_steps is None or self.burn_in_steps > 0, "burn_in_steps",
                self.burn_in_steps, "positive or None")

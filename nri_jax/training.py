@@ -64,8 +64,14 @@ def learning_rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Sche
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam (no weight decay) on the step-decayed learning rate, as the reference."""
-    return optax.adam(learning_rate_schedule(cfg, steps_per_epoch))
+    """Adam (no weight decay) on the scheduled learning rate, as the reference.
+
+    With `clip_grad_norm`, the gradient is first scaled down to that global norm.
+    """
+    adam = optax.adam(learning_rate_schedule(cfg, steps_per_epoch))
+    if cfg.clip_grad_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), adam)
 
 
 def init_state(key: jax.Array, model: NRI, tx: optax.GradientTransformation,
@@ -193,6 +199,9 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
         sums = {
             "count": jnp.sum(ones),
             **{name: jnp.sum(value) for name, value in terms.items()},
+            # Before clipping; a step's norm times its batch size, so that the
+            # epoch's figure is the mean over steps.
+            "grad_norm": optax.global_norm(grads) * jnp.sum(ones),
             "nonfinite_steps": jnp.where(finite, 0, 1),
             "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),
         }

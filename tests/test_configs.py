@@ -46,6 +46,7 @@ def test_override_replaces_and_validates():
     ("n_train", 0), ("n_objects", 1), ("system", "pendulum"), ("epochs", -1),
     ("batch_size", 0), ("learning_rate", 0.0), ("variance", -1.0), ("prior", "laplace"),
     ("n_edge_types", 1), ("tau", 0.0), ("encoder", "transformer"), ("n_devices", 0),
+    ("clip_grad_norm", 0.0), ("clip_grad_norm", -1.0), ("clip_grad_norm", float("inf")),
 ])
 def test_invalid_values_fail_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

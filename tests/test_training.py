@@ -202,6 +202,49 @@ def test_optimizer_follows_the_decay_schedule():
                                rtol=np.finfo(np.float32).eps / (1 - 0.999))
 
 
+def test_clipped_adam_is_adam_on_the_clipped_gradient():
+    """With clip_grad_norm c, each gradient g becomes g * min(1, c / |g|) before Adam:
+    against Adam written out in NumPy float64 over gradients above and below c (Adam is
+    scale invariant in one step only: an unclipped 1e4 outlier changes every later one)."""
+    lr, c, b1, b2, eps = 1e-2, 2.0, 0.9, 0.999, 1e-8
+    cfg = configs.TrainConfig(learning_rate=lr, clip_grad_norm=c)
+    tx = training.make_optimizer(cfg, steps_per_epoch=1)
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(2, 3)) * scale for scale in (1e4, 0.3, 1.0, 50.0, 0.1)]
+    params = {"w": jnp.zeros((2, 3))}
+    opt_state, got = tx.init(params), []
+    for g in grads:
+        updates, opt_state = tx.update({"w": jnp.asarray(g, jnp.float32)}, opt_state, params)
+        got.append(np.asarray(updates["w"], np.float64))
+    m = v = np.zeros((2, 3))
+    expected = []
+    for t, g in enumerate(grads, start=1):
+        g = g * min(1.0, c / np.linalg.norm(g))
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+        expected.append(-lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), rtol=1e-4, atol=1e-9)
+
+
+def test_train_step_reports_the_gradient_norm(setup, train_step):
+    """sums["grad_norm"] / count is the global norm of the loss's gradient, the loss
+    written out here from a separate forward pass with the step's random streams."""
+    config, split, model, tx, state = setup
+    key = jax.random.key(6)
+    _, sums = train_step(state, split, jnp.arange(B), key)
+    x = split.features[:B]
+
+    def loss(params):
+        out = _train_forward(model, state.replace(params=params), x, key)
+        nll = jnp.sum((out.predictions - x[:, :, 1:]) ** 2, axis=(1, 2, 3)) / (2 * 1e-2) / N
+        p = out.probs
+        kl = jnp.sum(p * (jnp.log(p + 1e-16) - jnp.log(0.5)), axis=(1, 2)) / N
+        return jnp.mean(nll + kl)
+
+    grads = jax.grad(loss)(state.params)
+    norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(float(sums["grad_norm"]) / float(sums["count"]), norm, rtol=1e-3)
+
+
 @pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("cosine", 2), ("step", 1)])
 def test_learning_rate_schedules_with_warm_up(schedule, warmup):
     cfg = configs.TrainConfig(epochs=6, learning_rate=4e-3, lr_schedule=schedule,
