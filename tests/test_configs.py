@@ -60,7 +60,10 @@ def test_unknown_preset_lists_the_choices():
 
 @pytest.mark.parametrize("preset, shipped", [("springs5-cpu", "springs5"),
                                              ("springs10-cpu", "springs10"),
-                                             ("charged5-cpu", "charged5")])
+                                             ("charged5-cpu", "charged5"),
+                                             ("charged10-cpu", "charged10"),
+                                             ("kuramoto5-cpu", "kuramoto5"),
+                                             ("kuramoto10-cpu", "kuramoto10")])
 def test_cpu_presets_are_the_shipped_models_settings(preset, shipped):
     """Each CPU preset is the exact config its shipped model was trained with (so its
     stated figure is that model's), the start model's path aside, resolved the same."""
