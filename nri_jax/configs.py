@@ -259,6 +259,13 @@ def springs5_cpu() -> Config:
     )
 
 
+def _ten_objects_from(config: Config, shipped: str, *, epochs: int, **changes: Any) -> Config:
+    """A 5-object CPU preset moved to 10 objects (1k validation trajectories) for
+    `epochs`, starting from its shipped model `pretrained/<shipped>`."""
+    return override(config, n_objects=10, n_valid=1_000, epochs=epochs,
+                    init_from=str(PRETRAINED_DIR / shipped), **changes)
+
+
 def springs10_cpu() -> Config:
     """Springs 10 on a 2-core CPU in under half an hour: the springs 5 model, fine-tuned.
 
@@ -269,8 +276,7 @@ def springs10_cpu() -> Config:
     Zen 5 (the paper: 98.4% after 500 epochs of 50k; 20 epochs from scratch
     reached 78.9%; BENCHMARKS.md, "Time to accuracy").
     """
-    return override(springs5_cpu(), n_objects=10, n_valid=1_000, epochs=30,
-                    init_from=str(PRETRAINED_DIR / "springs5"))
+    return _ten_objects_from(springs5_cpu(), "springs5", epochs=30)
 
 
 def charged5_cpu() -> Config:
@@ -296,8 +302,7 @@ def charged10_cpu() -> Config:
     better than the charged 5 model after one epoch (62.0% validation; the
     paper: 70.8%; BENCHMARKS.md, "charged10-cpu").
     """
-    return override(charged5_cpu(), n_objects=10, n_valid=1_000, epochs=35,
-                    clip_grad_norm=1e5, init_from=str(PRETRAINED_DIR / "charged5"))
+    return _ten_objects_from(charged5_cpu(), "charged5", epochs=35, clip_grad_norm=1e5)
 
 
 def kuramoto5_cpu() -> Config:
@@ -323,8 +328,7 @@ def kuramoto10_cpu() -> Config:
     the Kuramoto 5 model after one epoch (57.4% validation; the paper: 75.7%;
     BENCHMARKS.md, "kuramoto10-cpu").
     """
-    return override(kuramoto5_cpu(), n_objects=10, n_valid=1_000, epochs=15,
-                    init_from=str(PRETRAINED_DIR / "kuramoto5"))
+    return _ten_objects_from(kuramoto5_cpu(), "kuramoto5", epochs=15)
 
 
 def tiny() -> Config:
