@@ -40,6 +40,20 @@ BATCH_NORM_EPSILON = 1e-5
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# In float32, a product whose x has at most this many features (the MLP
+# decoder's first layer reads D = 2-4 coordinates) takes its weight gradient
+# x^T g as a broadcast multiply-and-sum: as a product, XLA on CPU transposed the
+# [rows, H] cotangent for it inside the fusion that sums the edges onto nodes,
+# 6 ms for a 3 MB array (BENCHMARKS.md, "A narrow first layer"). In bfloat16
+# the product measured faster, so `mixed_matmul` keeps it.
+NARROW_FEATURES = 16
+
+
+def narrow_weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+    """x [..., F], g [..., H] -> [F, H] = sum over rows of x^T g, as a multiply-and-sum."""
+    return jnp.sum(x[..., :, None] * g[..., None, :], axis=tuple(range(g.ndim - 1)))
+
+
 def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """x [..., F] @ w [F, H] -> float32 [..., H], products in bfloat16, sums in float32.
 
@@ -64,9 +78,9 @@ def _mixed_matmul_fwd(x_dtype, w_dtype, x, w):
 def _mixed_matmul_bwd(x_dtype, w_dtype, residuals, g):
     x16, w16 = residuals
     g16 = g.astype(jnp.bfloat16)
-    rows = tuple(range(g.ndim - 1))
     dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
                          preferred_element_type=jnp.float32)
+    rows = tuple(range(g.ndim - 1))
     dw = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
     return dx.astype(x_dtype), dw.astype(w_dtype)
 
@@ -82,9 +96,33 @@ def check_compute_dtype(compute_dtype: str) -> None:
 
 
 def matmul(x: jax.Array, w: jax.Array, compute_dtype: str = "float32") -> jax.Array:
-    """x [..., F] @ w [F, H] in `compute_dtype` ("float32": exactly `x @ w`)."""
+    """x [..., F] @ w [F, H] in `compute_dtype` ("float32": the value of `x @ w`).
+
+    In float32 a narrow x (F <= NARROW_FEATURES) takes `narrow_weight_gradient`
+    for its weight gradient; otherwise this is exactly `x @ w`.
+    """
     check_compute_dtype(compute_dtype)
-    return x @ w if compute_dtype == "float32" else mixed_matmul(x, w)
+    if compute_dtype != "float32":
+        return mixed_matmul(x, w)
+    return _narrow_matmul(x, w) if x.shape[-1] <= NARROW_FEATURES else x @ w
+
+
+@jax.custom_vjp
+def _narrow_matmul(x, w):
+    return x @ w
+
+
+def _narrow_matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _narrow_matmul_bwd(residuals, g):
+    x, w = residuals
+    dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    return dx, narrow_weight_gradient(x, g)
+
+
+_narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
 
 
 def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

@@ -132,6 +132,21 @@ def test_matmul_float32_is_plain_and_dtype_is_validated():
         nri_nn.matmul(x, w, "float16")
 
 
+@pytest.mark.parametrize("features", [4, nri_nn.NARROW_FEATURES + 1])
+def test_float32_matmul_gradients_against_numpy(features):
+    # Narrow inputs take the multiply-and-sum weight gradient, wider ones autodiff's product.
+    rng = np.random.default_rng(2)
+    x, w, g = (rng.normal(size=s).astype(np.float32)
+               for s in [(3, 5, features), (features, 7), (3, 5, 7)])
+    y, vjp = jax.jit(lambda x, w: jax.vjp(nri_nn.matmul, x, w))(x, w)
+    dx, dw = jax.jit(vjp)(g)
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, g64 @ w64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, x64.reshape(-1, features).T @ g64.reshape(-1, 7),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_bfloat16_blocks_agree_with_float32(train):
     rng = np.random.default_rng(2)
