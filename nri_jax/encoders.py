@@ -12,14 +12,16 @@ logits. Edge order: `graphs.fully_connected_index`.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from nri_jax import graphs
-from nri_jax.nn import MLP, batch_norm, check_compute_dtype, mixed_matmul, reference_dense
+from nri_jax.nn import MLP, batch_norm, check_compute_dtype, reference_dense
 
 # 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2 (pairs), kernel 5 again.
 # The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
@@ -110,24 +112,76 @@ class MLPEncoder(nn.Module):
             x, train=train)
 
 
-def _bf16_valid_conv1d(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                       rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                       precision=None):
-    """nn.Conv's 1-D VALID convolution [R, T, C] * [k, C, F] as one `mixed_matmul`.
+def _windows(x: jax.Array, k: int, time: int, stack: int) -> jax.Array:
+    """The k shifted windows of x's `time` axis side by side along axis `stack` (im2col)."""
+    steps = x.shape[time] - k + 1
+    return jnp.concatenate([lax.slice_in_dim(x, s, s + steps, axis=time) for s in range(k)],
+                           axis=stack)
 
-    The k shifted windows are stacked along channels (im2col): [R, T-k+1, k*C]
-    @ [k*C, F], so the product and its two gradients run in bfloat16 with float32
-    sums (XLA's own bfloat16 convolution has no such VJP).
+
+def bf16_valid_conv1d(x: jax.Array, w: jax.Array) -> jax.Array:
+    """1-D VALID convolution x [R, T, C] * w [k, C, F] -> float32 [R, T-k+1, F].
+
+    out[r, t] = sum_s x[r, t+s] @ w[s], as one product of the k shifted windows
+    stacked along channels (im2col, [R, T-k+1, k*C] @ [k*C, F]) with bfloat16
+    inputs and float32 sums; its two gradients are bfloat16 products too (XLA's
+    own bfloat16 convolution has no such VJP). The windows are built from the
+    bfloat16 input, and only that input (k times smaller than its windows) is
+    kept for the backward pass, which builds the windows again, transposed, for
+    the weight gradient. Gradients come back in the dtypes of x and w.
     """
+    if x.ndim != 3 or w.ndim != 3 or x.shape[-1] != w.shape[1] or x.shape[1] < w.shape[0]:
+        raise ValueError(f"bf16_valid_conv1d needs x [R, T, C] and w [k, C, F] with T >= k, "
+                         f"got {x.shape} and {w.shape}")
+    return _bf16_conv1d(jnp.dtype(x.dtype), jnp.dtype(w.dtype), x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bf16_conv1d(x_dtype, w_dtype, x, w):
+    return _bf16_conv1d_fwd(x_dtype, w_dtype, x, w)[0]
+
+
+def _bf16_conv1d_fwd(x_dtype, w_dtype, x, w):
+    k, c, f = w.shape
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    out = jnp.dot(_windows(x16, k, time=1, stack=2), w16.reshape(k * c, f),
+                  preferred_element_type=jnp.float32)
+    return out, (x16, w16)
+
+
+def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
+    x16, w16 = residuals
+    k, c, f = w16.shape
+    rows, frames, _ = x16.shape
+    steps = frames - k + 1
+    g16 = g.astype(jnp.bfloat16)
+    # Input gradient: the full convolution of the cotangent with the flipped kernel,
+    # dx[t] = sum_u g[t + u - (k-1)] @ w[k-1-u]^T, as one product over the zero-padded
+    # cotangent's windows.
+    padded = jnp.pad(g16, ((0, 0), (k - 1, k - 1), (0, 0)))
+    flipped = jnp.transpose(w16[::-1], (0, 2, 1)).reshape(k * f, c)
+    dx = jnp.dot(_windows(padded, k, time=1, stack=2), flipped,
+                 preferred_element_type=jnp.float32)
+    # Weight gradient: the windows built as [k*C, rows] from the transposed input (k times
+    # smaller), so the product contracts over its natural axes.
+    windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(k * c, rows * steps)
+    dw = jnp.dot(windows_t, g16.reshape(rows * steps, f), preferred_element_type=jnp.float32)
+    return dx.astype(x_dtype), dw.reshape(k, c, f).astype(w_dtype)
+
+
+_bf16_conv1d.defvjp(_bf16_conv1d_fwd, _bf16_conv1d_bwd)
+
+
+def _bf16_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                               rhs_dilation=None, dimension_numbers=None,
+                               feature_group_count=1, precision=None):
+    """nn.Conv's `conv_general_dilated` for 1-D VALID convolutions, as `bf16_valid_conv1d`."""
     del dimension_numbers, precision  # flax's NWC / WIO layout, float32 out by construction
-    k = rhs.shape[0]
     if (lhs.ndim != 3 or tuple(window_strides) != (1,) or padding != "VALID"
             or tuple(lhs_dilation or (1,)) != (1,) or tuple(rhs_dilation or (1,)) != (1,)
             or feature_group_count != 1):
         raise ValueError("bfloat16 convolution supports 1-D, VALID, stride 1, undilated only")
-    steps = lhs.shape[1] - k + 1
-    windows = jnp.concatenate([lhs[:, s:s + steps] for s in range(k)], axis=-1)
-    return mixed_matmul(windows, rhs.reshape(k * rhs.shape[1], rhs.shape[2]))
+    return bf16_valid_conv1d(lhs, rhs)
 
 
 def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32") -> nn.Conv:
@@ -136,7 +190,7 @@ def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32")
                    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                    bias_init=nn.initializers.constant(0.1),
                    conv_general_dilated=(None if compute_dtype == "float32"
-                                         else _bf16_valid_conv1d))
+                                         else _bf16_conv_general_dilated))
 
 
 def max_pool_pairs(x: jax.Array) -> jax.Array:

@@ -121,6 +121,30 @@ def test_bfloat16_convolution_is_the_rounded_valid_convolution():
     np.testing.assert_allclose(jax.jit(conv.apply)(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_convolution_gradients_against_numpy():
+    rng = np.random.default_rng(5)
+    k, frames, c, f = 3, 9, 4, 6
+    x, w = rng.normal(size=(2, frames, c)), rng.normal(size=(k, c, f))
+    g = rng.normal(size=(2, frames - k + 1, f))
+    x, w, g = (a.astype(np.float32) for a in (x, w, g))
+    y, vjp = jax.jit(lambda x, w: jax.vjp(encoders.bf16_valid_conv1d, x, w))(x, w)
+    dx, dw = jax.jit(vjp)(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    # float64 loops over the rounded inputs: out[t] = sum_s x[t+s] w[s], so
+    # dx[t+s] += g[t] w[s]^T and dw[s] += x[t+s]^T g[t].
+    xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+    want_y, want_dx, want_dw = np.zeros(y.shape), np.zeros(x.shape), np.zeros(w.shape)
+    for t in range(frames - k + 1):
+        for s in range(k):
+            want_y[:, t] += xr[:, t + s] @ wr[s]
+            want_dx[:, t + s] += gr[:, t] @ wr[s].T
+            want_dw[s] += xr[:, t + s].T @ gr[:, t]
+    for got, want in [(y, want_y), (dx, want_dx), (dw, want_dw)]:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"T >= k.*\(2, 2, 4\)"):
+        encoders.bf16_valid_conv1d(x[:, :2], w)
+
+
 @pytest.mark.parametrize("encoder_cls, shape", [
     (encoders.MLPEncoder, (4, 4, 6, 3)), (encoders.CNNEncoder, (4, 4, 16, 2))])
 def test_bfloat16_logits_agree_with_float32(encoder_cls, shape):
