@@ -113,10 +113,17 @@ class MLPEncoder(nn.Module):
 
 
 def _windows(x: jax.Array, k: int, time: int, stack: int) -> jax.Array:
-    """The k shifted windows of x's `time` axis side by side along axis `stack` (im2col)."""
+    """The k shifted windows of x's `time` axis side by side along axis `stack` (im2col).
+
+    bfloat16 is moved as its 16-bit pattern: XLA on CPU concatenates bfloat16
+    arrays by converting them to float32 and back (80 ms a step for the second
+    convolution's windows), integers as they are.
+    """
     steps = x.shape[time] - k + 1
-    return jnp.concatenate([lax.slice_in_dim(x, s, s + steps, axis=time) for s in range(k)],
-                           axis=stack)
+    bits = lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+    windows = jnp.concatenate([lax.slice_in_dim(bits, s, s + steps, axis=time)
+                               for s in range(k)], axis=stack)
+    return lax.bitcast_convert_type(windows, x.dtype) if x.dtype == jnp.bfloat16 else windows
 
 
 def bf16_valid_conv1d(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -162,9 +169,10 @@ def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
     flipped = jnp.transpose(w16[::-1], (0, 2, 1)).reshape(k * f, c)
     dx = jnp.dot(_windows(padded, k, time=1, stack=2), flipped,
                  preferred_element_type=jnp.float32)
-    # Weight gradient: the windows built as [k*C, rows] from the transposed input (k times
-    # smaller), so the product contracts over its natural axes.
-    windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(k * c, rows * steps)
+    # Weight gradient: the windows built as [k*C, rows] from the transposed input, so that
+    # the product contracts over its natural axes.
+    windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(
+        k * c, rows * steps)
     dw = jnp.dot(windows_t, g16.reshape(rows * steps, f), preferred_element_type=jnp.float32)
     return dx.astype(x_dtype), dw.reshape(k, c, f).astype(w_dtype)
 
