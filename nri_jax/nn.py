@@ -44,8 +44,9 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # decoder's first layer reads D = 2-4 coordinates) takes its weight gradient
 # x^T g as a broadcast multiply-and-sum: as a product, XLA on CPU transposed the
 # [rows, H] cotangent for it inside the fusion that sums the edges onto nodes,
-# 6 ms for a 3 MB array (BENCHMARKS.md, "A narrow first layer"). In bfloat16
-# the product measured faster, so `mixed_matmul` keeps it.
+# 6 ms for a 3 MB array (BENCHMARKS.md, "A narrow first layer and the CNN's own
+# convolution VJP"). In bfloat16 the product measured faster, so `mixed_matmul`
+# keeps it.
 NARROW_FEATURES = 16
 
 
@@ -78,9 +79,9 @@ def _mixed_matmul_fwd(x_dtype, w_dtype, x, w):
 def _mixed_matmul_bwd(x_dtype, w_dtype, residuals, g):
     x16, w16 = residuals
     g16 = g.astype(jnp.bfloat16)
+    rows = tuple(range(g.ndim - 1))
     dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
                          preferred_element_type=jnp.float32)
-    rows = tuple(range(g.ndim - 1))
     dw = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
     return dx.astype(x_dtype), dw.astype(w_dtype)
 
@@ -118,8 +119,7 @@ def _narrow_matmul_fwd(x, w):
 
 def _narrow_matmul_bwd(residuals, g):
     x, w = residuals
-    dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    return dx, narrow_weight_gradient(x, g)
+    return g @ w.T, narrow_weight_gradient(x, g)
 
 
 _narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
