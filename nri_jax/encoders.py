@@ -18,10 +18,11 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from nri_jax import graphs
-from nri_jax.nn import MLP, batch_norm, check_compute_dtype, reference_dense
+from nri_jax.nn import MLP, batch_norm, check_compute_dtype, reference_dense, relu
 
 # 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2 (pairs), kernel 5 again.
 # The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
@@ -115,15 +116,18 @@ class MLPEncoder(nn.Module):
 def _windows(x: jax.Array, k: int, time: int, stack: int) -> jax.Array:
     """The k shifted windows of x's `time` axis side by side along axis `stack` (im2col).
 
-    bfloat16 is moved as its 16-bit pattern: XLA on CPU concatenates bfloat16
-    arrays by converting them to float32 and back (80 ms a step for the second
-    convolution's windows), integers as they are.
+    Block s of the `stack` axis holds x shifted by s along `time` (which shrinks to
+    T - k + 1), built as one gather: as a concatenation of k slices, XLA on CPU wrote
+    each slice and then the result, twice the memory and 1.7x the time (BENCHMARKS.md,
+    2026-12-06). The gather moves bfloat16 as it is: on its 16-bit pattern (uint16),
+    which the concatenation needed, jax 0.10.2's XLA on CPU computed wrong windows
+    inside the whole model's jit (`test_bfloat16_train_step_agrees_with_float32`).
     """
     steps = x.shape[time] - k + 1
-    bits = lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
-    windows = jnp.concatenate([lax.slice_in_dim(bits, s, s + steps, axis=time)
-                               for s in range(k)], axis=stack)
-    return lax.bitcast_convert_type(windows, x.dtype) if x.dtype == jnp.bfloat16 else windows
+    shifts = np.arange(steps)[:, None] + np.arange(k)[None, :]  # [T - k + 1, k]
+    windows = jnp.moveaxis(jnp.take(x, shifts, axis=time), time + 1, stack)
+    return windows.reshape(windows.shape[:stack] + (k * windows.shape[stack + 1],)
+                           + windows.shape[stack + 2:])
 
 
 def bf16_valid_conv1d(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -163,18 +167,31 @@ def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
     steps = frames - k + 1
     g16 = g.astype(jnp.bfloat16)
     # Input gradient: the full convolution of the cotangent with the flipped kernel,
-    # dx[t] = sum_u g[t + u - (k-1)] @ w[k-1-u]^T, as one product over the zero-padded
-    # cotangent's windows.
+    # dx[t] = sum_u g[t + u - (k-1)] @ w[k-1-u]^T, as one product over the windows of
+    # the zero-padded cotangent ([R*T, k*F]; block u holds g[t + u - (k-1)]).
     padded = jnp.pad(g16, ((0, 0), (k - 1, k - 1), (0, 0)))
+    g_windows = _windows(padded, k, time=1, stack=2).reshape(rows * frames, k * f)
     flipped = jnp.transpose(w16[::-1], (0, 2, 1)).reshape(k * f, c)
-    dx = jnp.dot(_windows(padded, k, time=1, stack=2), flipped,
-                 preferred_element_type=jnp.float32)
-    # Weight gradient: the windows built as [k*C, rows] from the transposed input, so that
-    # the product contracts over its natural axes.
-    windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(
-        k * c, rows * steps)
-    dw = jnp.dot(windows_t, g16.reshape(rows * steps, f), preferred_element_type=jnp.float32)
-    return dx.astype(x_dtype), dw.reshape(k, c, f).astype(w_dtype)
+    dx = jnp.dot(g_windows, flipped, preferred_element_type=jnp.float32)
+    # Weight gradient dw[s] = sum_t x[t+s]^T g[t], a product contracting over the long
+    # row axis, from whichever windows are smaller. Both operands are laid out so that
+    # the product contracts over the first one's minor axis (bf16's fast path on CPU).
+    if c >= f:
+        # The cotangent's windows above (block u holds g[t - (k-1-u)]): [C, R*T] @ [R*T, k*F]
+        # gives dw[k-1-u] in block u. They depend on the cotangent, so XLA cannot build
+        # them during the forward pass and keep them alive through the decoder, as it
+        # does with windows of the saved input.
+        x_t = jnp.transpose(x16, (2, 0, 1)).reshape(c, rows * frames)
+        dw = jnp.dot(x_t, g_windows, preferred_element_type=jnp.float32)
+        dw = jnp.transpose(dw.reshape(c, k, f)[:, ::-1], (1, 0, 2))
+    else:
+        # The input's windows, built as [k*C, R*steps] from the transposed input
+        # (k*C rows: small when C is, as for the first convolution's 2D input channels).
+        windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(
+            k * c, rows * steps)
+        dw = jnp.dot(windows_t, g16.reshape(rows * steps, f),
+                     preferred_element_type=jnp.float32).reshape(k, c, f)
+    return dx.reshape(rows, frames, c).astype(x_dtype), dw.astype(w_dtype)
 
 
 _bf16_conv1d.defvjp(_bf16_conv1d_fwd, _bf16_conv1d_bwd)
@@ -208,12 +225,35 @@ def max_pool_pairs(x: jax.Array) -> jax.Array:
     first of the pair takes the gradient, as XLA's select-and-scatter does), as
     one elementwise select. XLA's CPU pooling builds an index array and scatters
     the gradient: replacing it made the CNN+MLP train step 1.14x (float32) and
-    1.22x (bfloat16) faster on 2 CPU cores (BENCHMARKS.md).
+    1.22x (bfloat16) faster on 2 CPU cores (BENCHMARKS.md). Its VJP keeps the
+    [R, T // 2, C] choice and writes the input gradient in one pass (autodiff of
+    the select wrote two zero-padded arrays of the input's size and added them).
     """
+    return _max_pool_pairs(x.shape[-2] % 2, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _max_pool_pairs(odd, x):
+    return _max_pool_pairs_fwd(odd, x)[0]
+
+
+def _max_pool_pairs_fwd(odd, x):
     steps = x.shape[-2] // 2
     pairs = x[..., :2 * steps, :].reshape(x.shape[:-2] + (steps, 2, x.shape[-1]))
     first, second = pairs[..., 0, :], pairs[..., 1, :]
-    return jnp.where(first >= second, first, second)
+    take_first = first >= second
+    return jnp.where(take_first, first, second), take_first
+
+
+def _max_pool_pairs_bwd(odd, take_first, g):
+    zero = jnp.zeros_like(g)
+    dx = jnp.stack([jnp.where(take_first, g, zero), jnp.where(take_first, zero, g)], axis=-2)
+    dx = dx.reshape(g.shape[:-2] + (2 * g.shape[-2], g.shape[-1]))
+    # An odd last frame belongs to no pair: zero gradient.
+    return (jnp.pad(dx, [(0, 0)] * (dx.ndim - 2) + [(0, odd), (0, 0)]),)
+
+
+_max_pool_pairs.defvjp(_max_pool_pairs_fwd, _max_pool_pairs_bwd)
 
 
 class TemporalCNN(nn.Module):
@@ -231,10 +271,15 @@ class TemporalCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         h, cd = self.hidden, self.compute_dtype
-        x = batch_norm(train, name="bn1")(nn.relu(_conv(h, _CONV_KERNEL, "conv1", cd)(x)))
+        # Each ReLU -> BatchNorm pair keeps one array for its backward pass (see
+        # `nri_jax.nn.relu`), in bfloat16 when the products are.
+        saved = None if cd == "float32" else jnp.bfloat16
+        x = relu(_conv(h, _CONV_KERNEL, "conv1", cd)(x), saved)
+        x = batch_norm(train, name="bn1", saved_dtype=saved)(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         x = max_pool_pairs(x)
-        x = batch_norm(train, name="bn2")(nn.relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x)))
+        x = relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x), saved)
+        x = batch_norm(train, name="bn2", saved_dtype=saved)(x)
         prediction = _conv(h, 1, "predict", cd)(x)
         # One output channel feeding a softmax: kept float32.
         attention = jax.nn.softmax(_conv(1, 1, "attention")(x), axis=-2)

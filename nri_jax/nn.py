@@ -24,6 +24,8 @@ plain float32).
 from __future__ import annotations
 
 import functools
+import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -166,10 +168,151 @@ def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
                     dot_general=dense_dot_general(compute_dtype))
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None, saved_dtype=None) -> "BatchNorm":
     """BatchNorm over all rows (every axis but the last), PyTorch's momentum and eps."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-                        epsilon=BATCH_NORM_EPSILON, name=name)
+    return BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                     epsilon=BATCH_NORM_EPSILON, saved_dtype=saved_dtype, name=name)
+
+
+def normalize_batch(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                    saved_dtype=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch normalisation of x [..., F] over its rows -> (y, mean, var), at least float32.
+
+    y = (x - mean) * rsqrt(var + epsilon) * scale + bias (computed as x * a + b), with
+    the row mean and the biased variance E[x^2] - E[x]^2 (clipped at 0), as
+    `flax.linen.BatchNorm` computes them. Gradients reach x through y, mean and var.
+
+    Memory: the VJP keeps only x (in `saved_dtype`, default x's own) and the
+    per-feature statistics, and recomputes the normalised x in the backward pass.
+    Autodiff kept x - mean besides x: two arrays of x's size, alive from the
+    encoder's forward pass through the whole decoder (BENCHMARKS.md, 2026-12-06).
+    A narrower `saved_dtype` gives the gradient of x rounded to it.
+    """
+    saved = jnp.dtype(saved_dtype or x.dtype)
+    return _normalize_batch(epsilon, saved, jnp.dtype(x.dtype), x, scale, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _normalize_batch(epsilon, saved, x_dtype, x, scale, bias):
+    return _normalize_batch_fwd(epsilon, saved, x_dtype, x, scale, bias)[0]
+
+
+def _normalize_batch_fwd(epsilon, saved, x_dtype, x, scale, bias):
+    x_wide = x.astype(_statistics_dtype(x))
+    axes = tuple(range(x.ndim - 1))
+    mean, mean_sq = jnp.mean(x_wide, axes), jnp.mean(lax.square(x_wide), axes)
+    var = jnp.maximum(0.0, mean_sq - lax.square(mean))
+    inv = lax.rsqrt(var + epsilon)
+    # One multiply-add per element, x * a + b. Written as (x - mean) * a + bias, XLA
+    # keeps this pass's x - mean for the backward pass's identical expression.
+    a = inv * scale
+    y = x_wide * _rows(a, x) + _rows(bias - mean * a, x)
+    return (y, mean, var), (x.astype(saved), mean, inv, scale)
+
+
+def _normalize_batch_bwd(epsilon, saved, x_dtype, residuals, cotangents):
+    del epsilon, saved
+    x, mean, inv, scale = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    x_wide = x.astype(g.dtype)
+    g_bias, g_x = _row_sums(g, g * x_wide)
+    g_scale = (g_x - mean * g_bias) * inv  # sum of g * normalised x
+    # gx = a (g - (g_bias + (x - mean) inv g_scale) / n) through y, whose statistics
+    # depend on x, plus (g_mean + 2 g_var (x - mean)) / n through the statistics
+    # themselves; written as a g + cx x + c0 with per-feature cx and c0, so that no
+    # array of x's size is computed from x alone (XLA would compute x - mean during
+    # the forward pass and keep it alive until here).
+    a = inv * scale
+    cx = (2.0 * g_var - a * inv * g_scale) / n
+    c0 = (g_mean - a * g_bias) / n - cx * mean
+    gx = _rows(a, x) * g + _rows(cx, x) * x_wide + _rows(c0, x)
+    return gx.astype(x_dtype), g_scale, g_bias
+
+
+_normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
+
+
+def _row_sums(a: jax.Array, b: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
+    """The sums over the rows of a and b [..., F] -> ([F], [F]), in one pass.
+
+    One variadic reduction, which XLA fuses with what computes a and b (here the
+    widening of a saved bfloat16 input: as two sums, XLA on CPU widened it during the
+    forward pass and kept the float32 copy until the backward pass). Blocks of rows
+    first: over all rows at once, XLA's CPU reduction ran 8x slower (BENCHMARKS.md).
+    """
+    f = a.shape[-1]
+    rows = a.size // f
+    block = math.gcd(rows, block)
+    zero = jnp.zeros((), a.dtype)
+    partial = lax.reduce((a.reshape(rows // block, block, f), b.reshape(rows // block, block, f)),
+                         (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]), (1,))
+    return jnp.sum(partial[0], 0), jnp.sum(partial[1], 0)
+
+
+def _statistics_dtype(x: jax.Array):
+    """float32, or x's dtype where it is wider (float64 under jax_enable_x64), as flax."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _rows(v: jax.Array, like: jax.Array) -> jax.Array:
+    """A per-feature vector [F] shaped to broadcast over the rows of `like` [..., F]."""
+    return v.reshape((1,) * (like.ndim - 1) + v.shape)
+
+
+class BatchNorm(nn.Module):
+    """`flax.linen.BatchNorm` over the last axis (same variables, values and running
+    statistics) whose training-mode backward pass keeps only its input, in
+    `saved_dtype` (default: the input's): see `normalize_batch`. Running statistics
+    follow flax's convention: new = momentum * old + (1 - momentum) * batch
+    statistic (biased variance).
+    """
+
+    use_running_average: bool
+    momentum: float = BATCH_NORM_MOMENTUM
+    epsilon: float = BATCH_NORM_EPSILON
+    saved_dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        if self.use_running_average:
+            mean, mul = ra_mean.value, lax.rsqrt(ra_var.value + self.epsilon) * scale
+            return (x - _rows(mean, x)) * _rows(mul, x) + _rows(bias, x)
+        y, mean, var = normalize_batch(x, scale, bias, self.epsilon, self.saved_dtype)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
+
+
+def relu(x: jax.Array, saved_dtype=None) -> jax.Array:
+    """max(x, 0), whose VJP keeps its output (in `saved_dtype`, default x's own)
+    rather than its input: before `BatchNorm` with the same `saved_dtype`, which
+    keeps that output too, one saved array serves both backward passes."""
+    return _relu(jnp.dtype(saved_dtype or x.dtype), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _relu(saved, x):
+    return jnp.maximum(x, 0)
+
+
+def _relu_fwd(saved, x):
+    y = jnp.maximum(x, 0)
+    return y, y.astype(saved)
+
+
+def _relu_bwd(saved, y, g):
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+_relu.defvjp(_relu_fwd, _relu_bwd)
 
 
 class MLP(nn.Module):

@@ -121,9 +121,12 @@ def test_bfloat16_convolution_is_the_rounded_valid_convolution():
     np.testing.assert_allclose(jax.jit(conv.apply)(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_convolution_gradients_against_numpy():
+@pytest.mark.parametrize("c, f", [(4, 6), (6, 4)], ids=["narrow input", "wide input"])
+def test_bfloat16_convolution_gradients_against_numpy(c, f):
+    """Both ways to the weight gradient: the input's windows (C < F) and the cotangent's
+    (C >= F, the windows the input gradient builds)."""
     rng = np.random.default_rng(5)
-    k, frames, c, f = 3, 9, 4, 6
+    k, frames = 3, 9
     x, w = rng.normal(size=(2, frames, c)), rng.normal(size=(k, c, f))
     g = rng.normal(size=(2, frames - k + 1, f))
     x, w, g = (a.astype(np.float32) for a in (x, w, g))
@@ -141,7 +144,7 @@ def test_bfloat16_convolution_gradients_against_numpy():
             want_dw[s] += xr[:, t + s].T @ gr[:, t]
     for got, want in [(y, want_y), (dx, want_dx), (dw, want_dw)]:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"T >= k.*\(2, 2, 4\)"):
+    with pytest.raises(ValueError, match=rf"T >= k.*\(2, 2, {c}\)"):
         encoders.bf16_valid_conv1d(x[:, :2], w)
 
 

@@ -1,5 +1,7 @@
 """The MLP block and the message GRU cell against NumPy float64 references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +168,101 @@ def test_bfloat16_blocks_agree_with_float32(train):
     cell_vars = cells[0].init(jax.random.key(1), x, h, h)
     full, mixed = (np.asarray(jax.jit(c.apply)(cell_vars, x, h, h)) for c in cells)
     assert np.max(np.abs(mixed - full)) < 8 * BF16_UNIT
+
+
+def _batch_norm_loss_numpy(x, scale, bias, weights, eps=1e-5):
+    """float64 reference: a fixed linear function of BatchNorm's output and statistics."""
+    rows = x.reshape(-1, x.shape[-1])
+    mean = rows.mean(0)
+    var = (rows ** 2).mean(0) - mean ** 2
+    y = (x - mean) / np.sqrt(var + eps) * scale + bias
+    w_y, w_mean, w_var = weights
+    return np.sum(w_y * y) + np.sum(w_mean * mean) + np.sum(w_var * var)
+
+
+def _central_differences(fn, a, h=1e-6):
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        up, down = a.copy(), a.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (fn(up) - fn(down)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 128, 3)], ids=["21 rows", "256 rows"])
+def test_batch_norm_gradients_against_float64_differences(x64, shape):
+    """Gradients through the output, the batch mean and the batch variance, against
+    central differences of a float64 NumPy BatchNorm (21 rows: no block of 128 rows)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(loc=0.5, size=shape)
+    scale, bias = rng.uniform(0.5, 2.0, shape[-1]), rng.normal(size=shape[-1])
+    weights = (rng.normal(size=shape), rng.normal(size=shape[-1]), rng.normal(size=shape[-1]))
+
+    def loss(x, scale, bias):
+        y, mean, var = nri_nn.normalize_batch(x, scale, bias, 1e-5)
+        return jnp.sum(weights[0] * y) + jnp.sum(weights[1] * mean) + jnp.sum(weights[2] * var)
+
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, scale, bias)
+    want = (_central_differences(lambda a: _batch_norm_loss_numpy(a, scale, bias, weights), x),
+            _central_differences(lambda a: _batch_norm_loss_numpy(x, a, bias, weights), scale),
+            _central_differences(lambda a: _batch_norm_loss_numpy(x, scale, a, weights), bias))
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.float64
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_is_flax_batch_norm(train):
+    """Same variables, values, running statistics and gradients as flax's BatchNorm."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (6, 7, 5)) * 3 + 1
+    ours = nri_nn.batch_norm(train)
+    theirs = nn.BatchNorm(use_running_average=not train, momentum=nri_nn.BATCH_NORM_MOMENTUM,
+                          epsilon=nri_nn.BATCH_NORM_EPSILON)
+    init = ours.init(jax.random.key(1), x)
+    assert jax.tree.structure(init) == jax.tree.structure(theirs.init(jax.random.key(1), x))
+    variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 5), "bias": jnp.linspace(-1, 1, 5)},
+                 "batch_stats": {"mean": jnp.linspace(-0.3, 0.3, 5), "var": jnp.linspace(0.5, 2, 5)}}
+
+    def run(module, params, x):
+        y, updates = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y)), updates
+
+    results = [jax.jit(jax.value_and_grad(functools.partial(run, m), argnums=(0, 1),
+                                          has_aux=True))(variables["params"], x)
+               for m in (ours, theirs)]
+    for a, b in zip(*(jax.tree.leaves(r) for r in results)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_batch_norm_saved_in_bfloat16_gives_the_gradient_of_the_rounded_input():
+    """With saved_dtype bfloat16 the backward pass reads x rounded to bfloat16: the
+    gradient is close to the exact one, and exact where x is representable."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    scale, bias = np.ones(6, np.float32), np.zeros(6, np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+
+    def grad(x, saved):
+        return jax.vjp(lambda x: nri_nn.normalize_batch(x, scale, bias, 1e-5, saved)[0], x)[1](g)[0]
+
+    exact = jax.jit(functools.partial(grad, saved=None))(x)
+    rounded = jax.jit(functools.partial(grad, saved=jnp.bfloat16))(x)
+    assert rounded.dtype == jnp.float32
+    np.testing.assert_allclose(rounded, exact, rtol=0, atol=2e-2 * np.abs(exact).max())
+    assert not np.array_equal(rounded, exact)
+    x16 = np.asarray(x.astype(jnp.bfloat16).astype(np.float32))  # representable
+    np.testing.assert_allclose(jax.jit(functools.partial(grad, saved=jnp.bfloat16))(x16),
+                               jax.jit(functools.partial(grad, saved=None))(x16),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("saved", [None, jnp.bfloat16])
+def test_relu_value_and_gradient(saved):
+    x = np.array([[-2.0, -1e-30, 0.0, 1e-30, 3.0]], np.float32)
+    g = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
+    y, vjp = jax.vjp(lambda x: nri_nn.relu(x, saved), x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
