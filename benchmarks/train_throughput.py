@@ -8,7 +8,8 @@ Each (model, compute dtype) runs in its own subprocess so that its peak resident
 memory (the high-water mark of the whole process: Python, jax, XLA compilation,
 parameters, optimiser state, activations) is measured alone. The child also
 reports its peak RSS after compiling but before the first step (the baseline
-that does not depend on run-time buffers) and XLA's own memory analysis of the
+that does not depend on run-time buffers; then, as the train loop does, it hands
+the compiler's freed heap back, `training.compile_ahead`) and XLA's own memory analysis of the
 compiled step (temporaries = activations saved for the backward pass plus
 scratch; arguments = train state and data). With `--rounds R` every
 configuration runs R times, interleaved, and the best throughput is kept (the
@@ -80,12 +81,15 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
             n_objects: int, remat: bool = True, chunk_size: int | None = None) -> dict:
     import jax
 
+    from nri_jax import training
+
     step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden,
                                              n_objects, remat, chunk_size)
     t0 = time.perf_counter()
     step = step.lower(state, split, indices, key).compile()
     compile_s = time.perf_counter() - t0
     rss_compiled = _peak_rss_mb()
+    training.release_freed_heap()  # as the train loop does after compiling
     work = executed_work(step.as_text())
     memory = step.memory_analysis()
     state, sums = step(state, split, indices, key)  # warm up

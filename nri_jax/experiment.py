@@ -281,11 +281,13 @@ def _epoch_split(run: Run, epoch: int) -> data_lib.Split:
     return data_lib.put_split(split.features, split.labels, run.mesh)
 
 
-def _train_epoch(run: Run, train_step, epoch: int) -> dict:
+def _train_epoch(run: Run, train_step, epoch: int, compile_first: bool = False) -> dict:
     """One pass over the shuffled training split; one host synchronisation at the end.
 
     With `online_data` the split is first replaced by the epoch's fresh trajectories;
     with `augment` by a randomly transformed copy of them (or of the stored split).
+    With `compile_first` the step is compiled before the first one runs
+    (`training.compile_ahead`: a lower peak memory).
     """
     tc = run.config.train
     if tc.online_data or tc.augment:
@@ -297,6 +299,9 @@ def _train_epoch(run: Run, train_step, epoch: int) -> dict:
     total = None
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
                disable=not (sys.stderr.isatty() and processes.is_main_process()))
+    if compile_first:
+        training.compile_ahead(train_step, run.state, run.splits["train"], batches[0],
+                               jax.random.fold_in(step_key, 0))
     for i in bar:
         run.state, sums = train_step(run.state, run.splits["train"], batches[i],
                                      jax.random.fold_in(step_key, i))
@@ -372,7 +377,7 @@ def _train(run: Run, start: int, best_nll: float, log) -> None:
     eval_key = jax.random.fold_in(run.key, 2)
     for epoch in range(start, config.train.epochs):
         t0 = time.perf_counter()
-        train_metrics = _train_epoch(run, train_step, epoch)
+        train_metrics = _train_epoch(run, train_step, epoch, compile_first=epoch == start)
         seconds = time.perf_counter() - t0
         valid_metrics = run.evaluate(eval_step, "valid", jax.random.fold_in(eval_key, epoch))
         record = {"epoch": epoch, "train": train_metrics, "valid": valid_metrics,

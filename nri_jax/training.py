@@ -14,6 +14,7 @@ that. It is applied visibly in `_loss_terms`.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import Any, Callable
 
@@ -210,6 +211,28 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
         return new_state, sums
 
     return _jit(train_step, mesh)
+
+
+def compile_ahead(step: Callable, *args) -> None:
+    """Compiles the jitted `step` for `args` before its first call (which then finds it
+    in the cache) and hands the compiler's freed heap back to the system.
+
+    Peak memory: XLA's compiler frees a few hundred MB when it finishes, which glibc
+    keeps mapped; compiled inside the first call, that step's temporaries come on top
+    (CNN+MLP: 290 MB more peak resident memory, BENCHMARKS.md, 2026-12-06).
+    """
+    step.lower(*args).compile()
+    release_freed_heap()
+
+
+def release_freed_heap() -> None:
+    """Returns the C heap's free pages to the system (glibc's `malloc_trim`); does nothing
+    where the C library has no such call."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def make_eval_step(model: NRI, config: Config, mesh=None) -> Callable:

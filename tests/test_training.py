@@ -124,6 +124,28 @@ def test_train_step_updates_finitely_and_compiles_once(setup, train_step):
     assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_compile_ahead_leaves_nothing_to_compile_at_the_first_step(setup):
+    config, split, model, tx, state = setup
+    step = training.make_train_step(model, tx, config)
+    args = (state, split, jnp.arange(B), jax.random.key(0))
+    compiled = []
+
+    def listener(name, secs, **kwargs):
+        if "compile" in name:
+            compiled.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        training.compile_ahead(step, *args)
+        assert compiled  # the listener sees compilations
+        compiled.clear()
+        jax.block_until_ready(step(*args))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    assert step._cache_size() == 1
+
+
 def test_nonfinite_loss_is_flagged_with_its_step(setup, train_step):
     config, split, model, tx, state = setup
     bad = data_lib.Split(split.features.at[0, 0, 0, 0].set(jnp.nan), split.labels)
