@@ -138,8 +138,9 @@ def bf16_valid_conv1d(x: jax.Array, w: jax.Array) -> jax.Array:
     inputs and float32 sums; its two gradients are bfloat16 products too (XLA's
     own bfloat16 convolution has no such VJP). The windows are built from the
     bfloat16 input, and only that input (k times smaller than its windows) is
-    kept for the backward pass, which builds the windows again, transposed, for
-    the weight gradient. Gradients come back in the dtypes of x and w.
+    kept for the backward pass; the weight gradient comes from the windows of the
+    cotangent that the input gradient builds (C >= F) or from the input's, built
+    again, transposed (C < F). Gradients come back in the dtypes of x and w.
     """
     if x.ndim != 3 or w.ndim != 3 or x.shape[-1] != w.shape[1] or x.shape[1] < w.shape[0]:
         raise ValueError(f"bf16_valid_conv1d needs x [R, T, C] and w [k, C, F] with T >= k, "
@@ -174,13 +175,13 @@ def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
     flipped = jnp.transpose(w16[::-1], (0, 2, 1)).reshape(k * f, c)
     dx = jnp.dot(g_windows, flipped, preferred_element_type=jnp.float32)
     # Weight gradient dw[s] = sum_t x[t+s]^T g[t], a product contracting over the long
-    # row axis, from whichever windows are smaller. Both operands are laid out so that
-    # the product contracts over the first one's minor axis (bf16's fast path on CPU).
+    # row axis. Both operands are laid out so that the product contracts over the first
+    # one's minor axis (bf16's fast path on CPU).
     if c >= f:
         # The cotangent's windows above (block u holds g[t - (k-1-u)]): [C, R*T] @ [R*T, k*F]
-        # gives dw[k-1-u] in block u. They depend on the cotangent, so XLA cannot build
-        # them during the forward pass and keep them alive through the decoder, as it
-        # does with windows of the saved input.
+        # gives dw[k-1-u] in block u. No new windows (at C = F the input's would be
+        # (T - k + 1) / T as large, but built from the saved input alone, XLA built them
+        # during the forward pass and kept them alive through the decoder).
         x_t = jnp.transpose(x16, (2, 0, 1)).reshape(c, rows * frames)
         dw = jnp.dot(x_t, g_windows, preferred_element_type=jnp.float32)
         dw = jnp.transpose(dw.reshape(c, k, f)[:, ::-1], (1, 0, 2))

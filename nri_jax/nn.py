@@ -24,7 +24,6 @@ plain float32).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -186,7 +185,8 @@ def normalize_batch(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: fl
     per-feature statistics, and recomputes the normalised x in the backward pass.
     Autodiff kept x - mean besides x: two arrays of x's size, alive from the
     encoder's forward pass through the whole decoder (BENCHMARKS.md, 2026-12-06).
-    A narrower `saved_dtype` gives the gradient of x rounded to it.
+    With a narrower `saved_dtype` the backward pass reads x rounded to it (the batch
+    statistics stay those of x itself).
     """
     saved = jnp.dtype(saved_dtype or x.dtype)
     return _normalize_batch(epsilon, saved, jnp.dtype(x.dtype), x, scale, bias)
@@ -203,8 +203,8 @@ def _normalize_batch_fwd(epsilon, saved, x_dtype, x, scale, bias):
     mean, mean_sq = jnp.mean(x_wide, axes), jnp.mean(lax.square(x_wide), axes)
     var = jnp.maximum(0.0, mean_sq - lax.square(mean))
     inv = lax.rsqrt(var + epsilon)
-    # One multiply-add per element, x * a + b. Written as (x - mean) * a + bias, XLA
-    # keeps this pass's x - mean for the backward pass's identical expression.
+    # One multiply-add per element, x * a + b, and no x - mean: the backward pass reads
+    # x alone, and an x - mean here would be what XLA keeps for it.
     a = inv * scale
     y = x_wide * _rows(a, x) + _rows(bias - mean * a, x)
     return (y, mean, var), (x.astype(saved), mean, inv, scale)
@@ -228,26 +228,28 @@ def _normalize_batch_bwd(epsilon, saved, x_dtype, residuals, cotangents):
     cx = (2.0 * g_var - a * inv * g_scale) / n
     c0 = (g_mean - a * g_bias) / n - cx * mean
     gx = _rows(a, x) * g + _rows(cx, x) * x_wide + _rows(c0, x)
-    return gx.astype(x_dtype), g_scale, g_bias
+    return gx.astype(x_dtype), g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
 
 
 _normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
 
 
-def _row_sums(a: jax.Array, b: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
+def _row_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The sums over the rows of a and b [..., F] -> ([F], [F]), in one pass.
 
     One variadic reduction, which XLA fuses with what computes a and b (here the
     widening of a saved bfloat16 input: as two sums, XLA on CPU widened it during the
-    forward pass and kept the float32 copy until the backward pass). Blocks of rows
-    first: over all rows at once, XLA's CPU reduction ran 8x slower (BENCHMARKS.md).
+    forward pass and kept the float32 copy until the backward pass). It sums the axes
+    between the first and the last, then a plain sum takes the first: over all rows at
+    once, XLA's CPU reduction ran 8x slower (BENCHMARKS.md), and partial sums per
+    leading index stay on the device that holds them when that axis (the batch) is
+    sharded (blocks of rows that straddle it made XLA gather the whole array).
     """
-    f = a.shape[-1]
-    rows = a.size // f
-    block = math.gcd(rows, block)
+    if a.ndim == 2:
+        a, b = a[:, None], b[:, None]
     zero = jnp.zeros((), a.dtype)
-    partial = lax.reduce((a.reshape(rows // block, block, f), b.reshape(rows // block, block, f)),
-                         (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]), (1,))
+    partial = lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]),
+                         tuple(range(1, a.ndim - 1)))
     return jnp.sum(partial[0], 0), jnp.sum(partial[1], 0)
 
 

@@ -219,7 +219,7 @@ def compile_ahead(step: Callable, *args) -> None:
 
     Peak memory: XLA's compiler frees a few hundred MB when it finishes, which glibc
     keeps mapped; compiled inside the first call, that step's temporaries come on top
-    (CNN+MLP: 290 MB more peak resident memory, BENCHMARKS.md, 2026-12-06).
+    (CNN+MLP: ~280 MB more peak resident memory, BENCHMARKS.md, 2026-12-06).
     """
     step.lower(*args).compile()
     release_freed_heap()
@@ -230,7 +230,7 @@ def release_freed_heap() -> None:
     where the C library has no such call."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) on Windows
         return
     trim(0)
 

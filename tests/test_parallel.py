@@ -101,6 +101,9 @@ def test_four_device_step_is_sharded_with_a_cross_device_reduction(four_devices)
     assert info[4]["state_devices"] == 4  # replicated on every device
     assert "all-reduce" in info[4]["hlo"]  # the gradient sum over devices
     assert "all-reduce" not in info[1]["hlo"]  # a positive control for the search
+    # Activations stay where their rows are: nothing of the batch's size is gathered (a
+    # BatchNorm whose row sums were blocked across the batch axis gathered its cotangent).
+    assert "all-gather" not in info[4]["hlo"]
 
 
 def _free_port() -> int:
