@@ -30,6 +30,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hlo import parse_hlo  # noqa: E402
 
 MIB = 2 ** 20
 # Instructions whose result is (part of) an operand's buffer: uses of them are uses of it.
@@ -38,23 +39,11 @@ ALIASING = {"bitcast", "get-tuple-element", "tuple", "while", "conditional"}
 
 def _entry(hlo_text: str):
     """The scheduled entry computation: names in order, operands, opcodes, source ops."""
-    lines = hlo_text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
-    order, operands, opcode, source = [], {}, {}, {}
-    for line in lines[start + 1:]:
-        m = re.match(r"\s+(?:ROOT )?%(\S+) = (.*)$", line)
-        if not m:
-            if line.startswith("}"):
-                break
-            continue
-        name, rest = m.groups()
-        body = rest.split(", metadata=")[0]
-        op = re.search(r"\s([a-z][a-z\-]*)\(", body)
-        opcode[name] = op.group(1) if op else "?"
-        operands[name] = set(re.findall(r"%([\w.\-]+)", body)) - {name}
-        where = re.search(r'op_name="([^"]*)"', rest)
-        source[name] = where.group(1) if where else ""
-        order.append(name)
+    instructions, computations = parse_hlo(hlo_text)
+    order = computations[re.search(r"^ENTRY %([\w.\-]+) ", hlo_text, re.M).group(1)]
+    operands = {n: set(instructions[n]["operands"]) for n in order}
+    opcode = {n: instructions[n]["opcode"] for n in order}
+    source = {n: instructions[n]["op_name"] for n in order}
     return order, operands, opcode, source
 
 
