@@ -14,12 +14,12 @@ Mixed precision. Every layer that owns a large matrix product takes
 where the product's two inputs are rounded to bfloat16 and it accumulates and
 returns float32 (`mixed_matmul`). Parameters, BatchNorm, activations between the
 products and everything downstream stay float32 (the CNN encoder's ReLU and
-BatchNorm keep their input for the backward pass in bfloat16, `saved_dtype`). Performance: on the 2-core
-Zen 4 CPU (AVX512_BF16) a [12800, 256] x [256, 256] product runs about 2x
-faster in bfloat16; the backward pass only gains if its two products are in
-bfloat16 too, which is why `mixed_matmul` has its own VJP (autodiff of the
-casts alone leaves the backward products in float32, measured no faster than
-plain float32).
+BatchNorm keep their input for the backward pass in bfloat16, `saved_dtype`).
+Performance: on the 2-core Zen 4 CPU (AVX512_BF16) a [12800, 256] x [256, 256]
+product runs about 2x faster in bfloat16; the backward pass only gains if its two
+products are in bfloat16 too, which is why `mixed_matmul` has its own VJP
+(autodiff of the casts alone leaves the backward products in float32, measured
+no faster than plain float32).
 """
 
 from __future__ import annotations
