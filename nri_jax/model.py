@@ -68,10 +68,12 @@ class ModelConfig:
         examples, one chunk after the other inside the decoder's scan (the
         most chunks that divide the batch evenly; None: the whole batch at
         once). Results are the same up to the order of float sums, with about
-        half the activation memory for chunks of 32 at batch 128; no reliable
-        speed-up on a CPU, slower for the recurrent decoder (BENCHMARKS.md,
-        "Fully connected graphs without gathers or scatters; decoding the batch
-        in chunks").
+        half the activation memory for chunks of 32 at batch 128. Speed depends
+        on the CPU's caches and the width: the MLP decoder at hidden 256 in
+        bf16 ran 1.28x faster in chunks of 32 on an Intel Xeon with 2 MiB of L2
+        per core, not faster on a Zen 4 or at hidden 128; the recurrent decoder
+        is slower (BENCHMARKS.md, "Same run as the original on an Intel Xeon
+        with AMX; decoding in chunks").
       remat: recompute the decoder's per-step activations in the backward pass
         instead of storing them (the default). It costs about a third more
         decoder arithmetic and saves more time than that: without it every
