@@ -17,6 +17,11 @@ machine is shared: the best run is the least disturbed one). Data is random
 with the paper's shapes (B=128, N=5, T=49, D=4): throughput does not depend on
 the values.
 
+`--original mlp+mlp=114.7,mlp+rnn=62.9,cnn+mlp=49.7` gives the original PyTorch
+code's samples/s measured on this machine right before
+(`../shared/bench/original_nri_throughput.sh`, once per model): the ratios are
+then printed against those; without it, against NRI_REFERENCE's Zen 4 figures.
+
 So that a figure explains itself on any CPU, each round first measures this CPU's
 own ceilings (a plain [100 B, H] x [H, H] product in float32 and bfloat16, the
 message MLPs' shape, and an elementwise pass that writes its output), and each
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -130,17 +136,38 @@ def ceilings(batch: int, hidden: int) -> dict:
             "elementwise_gb_per_s": elementwise_bandwidth()}
 
 
-def _print(r: dict, ceiling: dict) -> None:
-    ratio = r["samples_per_s"] / r["reference_samples_per_s"]
+def parse_original(text: str | None) -> dict:
+    """'mlp+mlp=114.7,cnn+mlp=49.7' -> {model: samples/s}; None -> {}."""
+    original = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, value = item.partition("=")
+        if name not in MODELS:
+            raise ValueError(f"--original: unknown model {name!r} in {item!r}; "
+                             f"models: {', '.join(MODELS)}")
+        try:
+            original[name] = float(value)
+        except ValueError:
+            original[name] = math.nan
+        if not 0 < original[name] < math.inf:
+            raise ValueError(f"--original: {item!r} needs a positive samples/s after '='")
+    return original
+
+
+def _print(r: dict, ceiling: dict, original: dict) -> None:
+    if r["model"] in original:
+        reference = (f"the original's {original[r['model']]:g} measured beside this run")
+        ratio = r["samples_per_s"] / original[r["model"]]
+    else:
+        reference = (f"the original's {r['reference_samples_per_s']} on NRI_REFERENCE's "
+                     f"Zen 4: run it beside this for this CPU's, --original")
+        ratio = r["samples_per_s"] / r["reference_samples_per_s"]
     remat = " remat" if r["remat"] else " no-remat"
     if r.get("chunk_size"):
         remat += f" chunks of {r['chunk_size']}"
     gflops, gbs = r["gflop_per_sample"] * r["samples_per_s"], r["gb_per_sample"] * r["samples_per_s"]
     plain = ceiling["product_gflop_per_s"][r["compute_dtype"]]
     print(f"{r['model']:8s} {r['compute_dtype']:8s}{remat} B={r['batch']} H={r['hidden']}: "
-          f"{r['samples_per_s']:7.1f} samples/s ({ratio:.2f}x "
-          f"the original's {r['reference_samples_per_s']} on NRI_REFERENCE's Zen 4: run "
-          f"it beside this for this CPU's); products "
+          f"{r['samples_per_s']:7.1f} samples/s ({ratio:.2f}x {reference}); products "
           f"{r['gflop_per_sample']:.2f} GFLOP/sample at {gflops:.0f} GFLOP/s ({gflops / plain:.0%} "
           f"of the plain product), thunks move {r['gb_per_sample']:.3f} GB/sample at "
           f"{gbs:.1f} GB/s ({gbs / ceiling['elementwise_gb_per_s']:.0%} of an elementwise "
@@ -181,7 +208,14 @@ def main() -> None:
     parser = step_arguments(__doc__, steps=20)
     parser.add_argument("--rounds", type=int, default=1, help="repeats; the best is kept")
     parser.add_argument("--n-objects", type=int, default=5)
+    parser.add_argument("--original", default=None,
+                        help="the original's samples/s measured beside this run, e.g. "
+                             "mlp+mlp=114.7,mlp+rnn=62.9,cnn+mlp=49.7")
     args = parser.parse_args()
+    try:
+        original = parse_original(args.original)
+    except ValueError as error:
+        parser.error(str(error))
     if args.child:
         print(json.dumps(measure(args.child, args.compute_dtype, args.steps, args.batch,
                                  args.hidden, args.n_objects, args.remat, args.chunk_size)))
@@ -195,7 +229,7 @@ def main() -> None:
         for name, dtype in configurations:
             runs.append(_run_child(args, name, dtype))
             print(f"round {round_ + 1}: ", end="")
-            _print(runs[-1], measured[-1])
+            _print(runs[-1], measured[-1], original)
     # The best of the rounds' ceilings, against the best of the rounds' throughputs.
     best_ceiling = {
         "product_gflop_per_s": {d: max(c["product_gflop_per_s"][d] for c in measured)
@@ -206,7 +240,8 @@ def main() -> None:
     for name, dtype in configurations:
         mine = [r for r in runs if (r["model"], r["compute_dtype"]) == (name, dtype)]
         best = max(mine, key=lambda r: r["samples_per_s"])
-        _print({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}, best_ceiling)
+        _print({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}, best_ceiling,
+               original)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": runs, "ceilings": measured}, f, indent=1)
