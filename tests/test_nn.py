@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,8 +216,6 @@ def test_batch_norm_gradients_against_float64_differences(x64, shape):
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_is_flax_batch_norm(train):
     """Same variables, values, running statistics and gradients as flax's BatchNorm."""
-    import flax.linen as nn
-
     x = jax.random.normal(jax.random.key(0), (6, 7, 5)) * 3 + 1
     ours = nri_nn.batch_norm(train)
     theirs = nn.BatchNorm(use_running_average=not train, momentum=nri_nn.BATCH_NORM_MOMENTUM,
@@ -266,3 +265,56 @@ def test_relu_value_and_gradient(saved):
     y, vjp = jax.vjp(lambda x: nri_nn.relu(x, saved), x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
+
+
+def test_affine_bfloat16_against_numpy():
+    """Products of the rounded inputs as `mixed_matmul`, plus the bias; the bias gradient
+    is the row sum of the bfloat16-rounded cotangent, which the products read too."""
+    rng = np.random.default_rng(6)
+    x, w, b, g = (rng.normal(size=s).astype(np.float32)
+                  for s in [(3, 4, 40), (40, 6), (6,), (3, 4, 6)])
+    y, vjp = jax.jit(lambda *a: jax.vjp(lambda *a: nri_nn.affine(*a, "bfloat16"), *a))(x, w, b)
+    dx, dw, db = jax.jit(vjp)(g)
+    assert [a.dtype for a in (y, dx, dw, db)] == [jnp.float32] * 4
+    xr, wr, gr = _round_bf16(x), _round_bf16(w), _round_bf16(g)
+    rows_x, rows_g = xr.reshape(-1, 40), gr.reshape(-1, 6)
+
+    def check(got, want, magnitude, n):
+        # float32 sums of n exact terms (any order), plus one float32 rounding of the result.
+        bound = 1.01 * (n * 2.0 ** -24 * magnitude + 2.0 ** -24 * np.abs(want)) + 1e-30
+        assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound)
+
+    check(y, xr @ wr + b, np.abs(xr) @ np.abs(wr) + np.abs(b), 41)
+    check(dx, gr @ wr.T, np.abs(gr) @ np.abs(wr.T), 6)
+    check(dw, rows_x.T @ rows_g, np.abs(rows_x.T) @ np.abs(rows_g), 12)
+    check(db, rows_g.sum(0), np.abs(rows_g).sum(0), 12)
+    assert not np.allclose(db, g.reshape(-1, 6).sum(0), rtol=1e-7, atol=0)  # it is the rounded g
+
+
+def test_affine_float32_against_numpy(x64):
+    rng = np.random.default_rng(7)
+    x, w, b, g = (rng.normal(size=s) for s in [(3, 4, 5), (5, 6), (6,), (3, 4, 6)])
+    y, vjp = jax.vjp(nri_nn.affine, x, w, b)
+    dx, dw, db = vjp(g)
+    rows_x, rows_g = x.reshape(-1, 5), g.reshape(-1, 6)
+    for got, want in [(y, x @ w + b), (dx, g @ w.T), (dw, rows_x.T @ rows_g),
+                      (db, rows_g.sum(0))]:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="'float16'"):
+        nri_nn.affine(x, w, b, "float16")
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_has_flax_dense_parameters_and_values(use_bias):
+    """Checkpoints written with flax's Dense load into it: same names, shapes, values."""
+    x = np.random.default_rng(8).normal(size=(2, 3, 7)).astype(np.float32)
+    ours = nri_nn.torch_dense(5, 7, use_bias=use_bias)
+    flax_dense = nn.Dense(5, use_bias=use_bias, kernel_init=nri_nn.torch_uniform(7),
+                          bias_init=nri_nn.torch_uniform(7))
+    key = jax.random.key(0)
+    variables, flax_variables = ours.init(key, x), flax_dense.init(key, x)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(flax_variables)
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(flax_variables)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(ours.apply(variables, x), flax_dense.apply(variables, x),
+                               rtol=1e-6, atol=1e-6)

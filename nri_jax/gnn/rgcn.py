@@ -32,7 +32,7 @@ import jraph
 from nri_jax import graphs
 from nri_jax.gnn import padding
 from nri_jax.gnn.graph_network import check_graph_features
-from nri_jax.nn import matmul, torch_uniform
+from nri_jax.nn import affine, matmul, torch_uniform
 
 # One [F_in, F_out] matrix per leading index (type or basis): fan-in over F_in.
 _kernels_init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -131,11 +131,6 @@ class RGCN(nn.Module):
         return graph._replace(nodes=out)
 
 
-def _add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-    """x [..., F] + bias [F], broadcasting explicitly (the tests forbid rank promotion)."""
-    return x + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
-
-
 class TypedMessages(nn.Module):
     """Per-edge-type message MLPs of [sender, receiver], weighted by soft edge types.
 
@@ -207,11 +202,13 @@ class TypedMessages(nn.Module):
         cd = self.compute_dtype
         messages = 0.0
         for t in range(1 if self.skip_first else 0, k):
-            # Concatenation order [sender, receiver] as in graphs.node_to_edge.
-            first = (graphs.gather_senders(matmul(nodes, w1[t, :f], cd), senders)
+            # Concatenation order [sender, receiver] as in graphs.node_to_edge; the
+            # first bias joins the sender's part (one per edge), so that its gradient
+            # is summed over nodes, not edges.
+            first = (graphs.gather_senders(affine(nodes, w1[t, :f], b1[t], cd), senders)
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
-            hidden = dropout(self.activation(_add_bias(first, b1[t])), deterministic=not train)
-            second = self.activation(_add_bias(matmul(hidden, w2[t], cd), b2[t]))
+            hidden = dropout(self.activation(first), deterministic=not train)
+            second = self.activation(affine(hidden, w2[t], b2[t], cd))
             messages = messages + second * edge_types[..., t:t + 1]
         return messages
 
