@@ -155,7 +155,7 @@ def parse_original(text: str | None) -> dict:
 
 def _print(r: dict, ceiling: dict, original: dict) -> None:
     if r["model"] in original:
-        reference = (f"the original's {original[r['model']]:g} measured beside this run")
+        reference = f"the original's {original[r['model']]:g} measured beside this run"
         ratio = r["samples_per_s"] / original[r["model"]]
     else:
         reference = (f"the original's {r['reference_samples_per_s']} on NRI_REFERENCE's "

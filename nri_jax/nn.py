@@ -175,9 +175,9 @@ def torch_uniform(fan_in: int):
 
 
 class Dense(nn.Module):
-    """A linear layer x @ kernel + bias in `compute_dtype` (`affine`, or `matmul`
-    without bias): flax.linen.Dense's parameters ("kernel" [F, H], "bias" [H])
-    and values, with the bf16 products and their gradients of this module."""
+    """A linear layer x @ kernel + bias in `compute_dtype` (`affine`; `matmul`
+    without a bias): flax.linen.Dense's parameters ("kernel" [F, H], "bias" [H])
+    and values, with this module's bfloat16 products and gradients."""
 
     features: int
     use_bias: bool = True

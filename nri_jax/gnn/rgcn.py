@@ -202,9 +202,9 @@ class TypedMessages(nn.Module):
         cd = self.compute_dtype
         messages = 0.0
         for t in range(1 if self.skip_first else 0, k):
-            # Concatenation order [sender, receiver] as in graphs.node_to_edge; the
-            # first bias joins the sender's part (one per edge), so that its gradient
-            # is summed over nodes, not edges.
+            # Concatenation order [sender, receiver] as in graphs.node_to_edge. The
+            # first bias joins the sender's part (every edge has one sender), so its
+            # gradient is a sum over nodes, not edges.
             first = (graphs.gather_senders(affine(nodes, w1[t, :f], b1[t], cd), senders)
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
             hidden = dropout(self.activation(first), deterministic=not train)
