@@ -175,9 +175,10 @@ def torch_uniform(fan_in: int):
 
 
 class Dense(nn.Module):
-    """A linear layer x @ kernel + bias in `compute_dtype` (`affine`; `matmul`
-    without a bias): flax.linen.Dense's parameters ("kernel" [F, H], "bias" [H])
-    and values, with this module's bfloat16 products and gradients."""
+    """A linear layer x @ kernel + bias in `compute_dtype`: flax.linen.Dense's
+    parameters ("kernel" [F, H], "bias" [H]) and values. In float32 it computes
+    as flax does (plain `x @ kernel`, whatever the width of x); in bfloat16
+    through `affine` (`mixed_matmul` without a bias)."""
 
     features: int
     use_bias: bool = True
@@ -188,10 +189,12 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        if not self.use_bias:
-            return matmul(x, kernel, self.compute_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,))
-        return affine(x, kernel, bias, self.compute_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
+        check_compute_dtype(self.compute_dtype)
+        if self.compute_dtype == "float32":
+            y = x @ kernel
+            return y if bias is None else y + _rows(bias, y)
+        return mixed_matmul(x, kernel) if bias is None else affine(x, kernel, bias, self.compute_dtype)
 
 
 def reference_dense(features: int, name: str | None = None, *,

@@ -318,3 +318,23 @@ def test_dense_has_flax_dense_parameters_and_values(use_bias):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(ours.apply(variables, x), flax_dense.apply(variables, x),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("width", [3, 40])  # below and above nn.NARROW_FEATURES
+def test_dense_bfloat16_against_numpy(use_bias, width):
+    """In bfloat16, Dense rounds x and the kernel to bfloat16 and sums in float32."""
+    x = np.random.default_rng(9).normal(size=(4, 6, width)).astype(np.float32)
+    dense = nri_nn.torch_dense(5, width, use_bias=use_bias, compute_dtype="bfloat16")
+    variables = dense.init(jax.random.key(1), x)
+    params = variables["params"]
+
+    def bf16(a):
+        return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+    want = bf16(x) @ bf16(params["kernel"])
+    if use_bias:
+        want = want + np.asarray(params["bias"], np.float64)
+    got = dense.apply(variables, x)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

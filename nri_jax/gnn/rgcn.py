@@ -203,10 +203,12 @@ class TypedMessages(nn.Module):
         messages = 0.0
         for t in range(1 if self.skip_first else 0, k):
             # Concatenation order [sender, receiver] as in graphs.node_to_edge. The
-            # first bias joins the sender's part (every edge has one sender), so its
-            # gradient is a sum over nodes, not edges.
-            first = (graphs.gather_senders(affine(nodes, w1[t, :f], b1[t], cd), senders)
+            # first bias is added per edge: on the senders' per-node part instead,
+            # its gradient summed fewer rows but the recurrent decoder's float32
+            # step ran 1.2x slower (BENCHMARKS.md, 2026-12-07).
+            first = (graphs.gather_senders(matmul(nodes, w1[t, :f], cd), senders)
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
+            first = first + b1[t].reshape((1,) * (first.ndim - 1) + (h,))
             hidden = dropout(self.activation(first), deterministic=not train)
             second = self.activation(affine(hidden, w2[t], b2[t], cd))
             messages = messages + second * edge_types[..., t:t + 1]
