@@ -281,10 +281,13 @@ class TemporalCNN(nn.Module):
         x = max_pool_pairs(x)
         x = relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x), saved)
         x = batch_norm(train, name="bn2", saved_dtype=saved)(x)
-        prediction = _conv(h, 1, "predict", cd)(x)
         # One output channel feeding a softmax: kept float32.
         attention = jax.nn.softmax(_conv(1, 1, "attention")(x), axis=-2)
-        return jnp.mean(prediction * attention, axis=-2)
+        # The mean over time of predict(x) * attention, with the attention-weighted
+        # sum over time taken first: the weights sum to 1, so it is
+        # predict(sum_t attention_t x_t) / T, one [R, H] product instead of T.
+        pooled = jnp.sum(attention * x, axis=-2, keepdims=True)  # [R, 1, H]
+        return _conv(h, 1, "predict", cd)(pooled)[..., 0, :] / x.shape[-2]
 
 
 class CNNEncoder(nn.Module):
