@@ -210,13 +210,35 @@ def _bf16_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=N
     return bf16_valid_conv1d(lhs, rhs)
 
 
+# Reference init of the convolutions: weights N(0, 2 / (kernel * out_channels)), biases 0.1.
+_conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_conv_bias_init = nn.initializers.constant(0.1)
+
+
 def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32") -> nn.Conv:
-    # Reference init: weights N(0, 2 / (kernel * out_channels)), biases 0.1.
     return nn.Conv(features, (kernel,), padding="VALID", name=name,
-                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                   bias_init=nn.initializers.constant(0.1),
+                   kernel_init=_conv_kernel_init, bias_init=_conv_bias_init,
                    conv_general_dilated=(None if compute_dtype == "float32"
                                          else _bf16_conv_general_dilated))
+
+
+class ChannelScore(nn.Module):
+    """A 1x1 convolution to one channel, [..., T, C] -> [..., T, 1], in float32.
+
+    The parameters and values of `nn.Conv(1, (1,))` (kernel [1, C, 1], bias [1]),
+    computed as a multiply-and-sum over channels: its weight gradient is then a
+    sum over the rows of x, one pass, where XLA's convolution on CPU first
+    copied x transposed (47 ms of the CNN+MLP step; BENCHMARKS.md, 2026-12-07).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        kernel = self.param("kernel", _conv_kernel_init, (1, c, 1))
+        bias = self.param("bias", _conv_bias_init, (1,))
+        ones = (1,) * (x.ndim - 1)
+        return (jnp.sum(x * kernel.reshape(ones + (c,)), axis=-1, keepdims=True)
+                + bias.reshape(ones + (1,)))
 
 
 def max_pool_pairs(x: jax.Array) -> jax.Array:
@@ -282,7 +304,7 @@ class TemporalCNN(nn.Module):
         x = relu(_conv(h, _CONV_KERNEL, "conv2", cd)(x), saved)
         x = batch_norm(train, name="bn2", saved_dtype=saved)(x)
         # One output channel feeding a softmax: kept float32.
-        attention = jax.nn.softmax(_conv(1, 1, "attention")(x), axis=-2)
+        attention = jax.nn.softmax(ChannelScore(name="attention")(x), axis=-2)
         # The mean over time of predict(x) * attention, with the attention-weighted
         # sum over time taken first: the weights sum to 1, so it is
         # predict(sum_t attention_t x_t) / T, one [R, H] product instead of T.
