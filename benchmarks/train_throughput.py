@@ -140,7 +140,9 @@ def parse_original(text: str | None) -> dict:
     """'mlp+mlp=114.7,cnn+mlp=49.7' -> {model: samples/s}; None -> {}."""
     original = {}
     for item in filter(None, (text or "").split(",")):
-        name, _, value = item.partition("=")
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name in original:
+            raise ValueError(f"--original: {name!r} given twice")
         if name not in MODELS:
             raise ValueError(f"--original: unknown model {name!r} in {item!r}; "
                              f"models: {', '.join(MODELS)}")
@@ -244,7 +246,7 @@ def main() -> None:
                original)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"runs": runs, "ceilings": measured}, f, indent=1)
+            json.dump({"runs": runs, "ceilings": measured, "original": original}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def _conv(features: int, kernel: int, name: str, compute_dtype: str = "float32")
 class ChannelScore(nn.Module):
     """A 1x1 convolution to one channel, [..., T, C] -> [..., T, 1], in float32.
 
-    The parameters and values of `nn.Conv(1, (1,))` (kernel [1, C, 1], bias [1]),
+    The parameters (float32) and values of `nn.Conv(1, (1,))` (kernel [1, C, 1], bias [1]),
     computed as a multiply-and-sum over channels: its weight gradient is then a
     sum over the rows of x, one pass, where XLA's convolution on CPU first
     copied x transposed (47 ms of the CNN+MLP step; BENCHMARKS.md, 2026-12-07).
@@ -234,8 +234,8 @@ class ChannelScore(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        kernel = self.param("kernel", _conv_kernel_init, (1, c, 1))
-        bias = self.param("bias", _conv_bias_init, (1,))
+        kernel = self.param("kernel", _conv_kernel_init, (1, c, 1), jnp.float32)
+        bias = self.param("bias", _conv_bias_init, (1,), jnp.float32)
         ones = (1,) * (x.ndim - 1)
         return (jnp.sum(x * kernel.reshape(ones + (c,)), axis=-1, keepdims=True)
                 + bias.reshape(ones + (1,)))
@@ -284,7 +284,8 @@ class TemporalCNN(nn.Module):
 
     Conv(k5) -> ReLU -> BatchNorm -> dropout -> MaxPool(2) -> Conv(k5) -> ReLU ->
     BatchNorm; then a 1x1 "prediction" conv (H channels) and a 1x1 "attention"
-    conv (1 channel, softmax over time); output = mean over time of their product.
+    conv (1 channel, `ChannelScore`, softmax over time); output = mean over time
+    of their product, computed as predict(sum_t attention_t x_t) / T'.
     """
 
     hidden: int
@@ -307,7 +308,8 @@ class TemporalCNN(nn.Module):
         attention = jax.nn.softmax(ChannelScore(name="attention")(x), axis=-2)
         # The mean over time of predict(x) * attention, with the attention-weighted
         # sum over time taken first: the weights sum to 1, so it is
-        # predict(sum_t attention_t x_t) / T, one [R, H] product instead of T.
+        # predict(sum_t attention_t x_t) / T' (T' frames after the second
+        # convolution), one [R, H] product instead of T'.
         pooled = jnp.sum(attention * x, axis=-2, keepdims=True)  # [R, 1, H]
         return _conv(h, 1, "predict", cd)(pooled)[..., 0, :] / x.shape[-2]
 

@@ -176,9 +176,19 @@ def torch_uniform(fan_in: int):
 
 class Dense(nn.Module):
     """A linear layer x @ kernel + bias in `compute_dtype`: flax.linen.Dense's
-    parameters ("kernel" [F, H], "bias" [H]) and values. In float32 it computes
-    as flax does (plain `x @ kernel`, whatever the width of x); in bfloat16
-    through `affine` (`mixed_matmul` without a bias)."""
+    parameters ("kernel" [F, H], "bias" [H], float32) and values.
+
+    In float32 it computes as flax does, plain `x @ kernel` whatever the width of
+    x (`matmul`'s narrow-input weight gradient is kept for the message MLPs,
+    `TypedMessages`, where it was measured). In bfloat16 through `affine`
+    (`mixed_matmul` without a bias).
+
+    Attributes:
+      features: H, the output width.
+      use_bias: add the bias.
+      kernel_init, bias_init: flax initialisers.
+      compute_dtype: dtype of the product ("float32" or "bfloat16").
+    """
 
     features: int
     use_bias: bool = True
@@ -188,13 +198,17 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
+        # float32 parameters, as flax's Dense (its param_dtype), also under x64.
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
         check_compute_dtype(self.compute_dtype)
         if self.compute_dtype == "float32":
             y = x @ kernel
             return y if bias is None else y + _rows(bias, y)
-        return mixed_matmul(x, kernel) if bias is None else affine(x, kernel, bias, self.compute_dtype)
+        if bias is None:
+            return mixed_matmul(x, kernel)
+        return affine(x, kernel, bias, self.compute_dtype)
 
 
 def reference_dense(features: int, name: str | None = None, *,

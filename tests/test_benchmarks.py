@@ -9,11 +9,14 @@ def test_original_figures_parse_per_model():
     assert train_throughput.parse_original("mlp+mlp=114.7,cnn+mlp=49.7") == {
         "mlp+mlp": 114.7, "cnn+mlp": 49.7}
     assert train_throughput.parse_original(None) == {}
+    assert train_throughput.parse_original(" mlp+rnn = 62.9 , cnn+mlp=49.7") == {
+        "mlp+rnn": 62.9, "cnn+mlp": 49.7}
 
 
 @pytest.mark.parametrize("text, named", [("mlp+gru=3", "'mlp+gru'"), ("mlp+mlp=0", "'mlp+mlp=0'"),
                                          ("mlp+rnn=fast", "'mlp+rnn=fast'"),
-                                         ("cnn+mlp", "'cnn+mlp'"), ("mlp+mlp=inf", "'mlp+mlp=inf'")])
+                                         ("cnn+mlp", "'cnn+mlp'"), ("mlp+mlp=inf", "'mlp+mlp=inf'"),
+                                         ("mlp+mlp=1,mlp+mlp=2", "'mlp+mlp' given twice")])
 def test_bad_original_figures_are_named(text, named):
     with pytest.raises(ValueError, match=named.replace("+", r"\+")):
         train_throughput.parse_original(text)

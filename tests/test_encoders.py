@@ -129,13 +129,15 @@ def test_channel_score_is_a_one_channel_1x1_convolution():
                    bias_init=encoders._conv_bias_init)
     variables, conv_variables = ours.init(jax.random.key(5), x), conv.init(jax.random.key(5), x)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(conv_variables)
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(conv_variables)):
+    leaves = zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(conv_variables))
+    for a, b in leaves:
         np.testing.assert_array_equal(a, b)
     kernel, bias = (np.asarray(variables["params"][k], np.float64) for k in ("kernel", "bias"))
-    np.testing.assert_allclose(ours.apply(variables, x), x @ kernel[0] + bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(ours.apply)(variables, x), x @ kernel[0] + bias,
+                               rtol=1e-5, atol=1e-5)
     # Gradients of a weighted sum of the scores: d/dkernel = sum over rows of x * weight.
     weights = np.random.default_rng(6).normal(size=(3, 7, 1))
-    grads = jax.grad(lambda v: jnp.sum(ours.apply(v, x) * weights))(variables)["params"]
+    grads = jax.jit(jax.grad(lambda v: jnp.sum(ours.apply(v, x) * weights)))(variables)["params"]
     np.testing.assert_allclose(grads["kernel"][0, :, 0], (x * weights).sum((0, 1)),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grads["bias"], [weights.sum()], rtol=1e-5, atol=1e-5)

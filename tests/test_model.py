@@ -65,6 +65,20 @@ def test_shapes_and_hard_samples_in_eval(config, shape):
     assert set(np.unique(np.asarray(out.edges)).tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("config", [ModelConfig(**TINY),
+                                    ModelConfig(encoder="cnn", decoder="rnn", **TINY)],
+                         ids=["mlp+mlp", "cnn+rnn"])
+def test_float32_data_gives_a_float32_model_under_x64(x64, config):
+    """Parameters are float32 whatever jax's default float is, so float32 data runs in float32."""
+    x = _normal((2, 4, 14, 3), 3)
+    model = NRI(config)
+    variables = model.init({"params": jax.random.key(0), "gumbel": jax.random.key(1)}, x,
+                           train=False)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    out = _eval_apply(model)(variables, x)
+    assert out.predictions.dtype == jnp.float32
+
+
 @pytest.mark.parametrize("hard, train, one_hot", [
     (False, True, False), (True, True, True), (False, False, True)])
 def test_sample_edges_soft_in_training_unless_hard(hard, train, one_hot):

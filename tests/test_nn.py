@@ -314,18 +314,18 @@ def test_dense_has_flax_dense_parameters_and_values(use_bias):
     key = jax.random.key(0)
     variables, flax_variables = ours.init(key, x), flax_dense.init(key, x)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(flax_variables)
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(flax_variables)):
+    leaves = zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(flax_variables))
+    for a, b in leaves:
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(ours.apply(variables, x), flax_dense.apply(variables, x),
                                rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("width", [3, 40])  # below and above nn.NARROW_FEATURES
-def test_dense_bfloat16_against_numpy(use_bias, width):
+def test_dense_bfloat16_against_numpy(use_bias):
     """In bfloat16, Dense rounds x and the kernel to bfloat16 and sums in float32."""
-    x = np.random.default_rng(9).normal(size=(4, 6, width)).astype(np.float32)
-    dense = nri_nn.torch_dense(5, width, use_bias=use_bias, compute_dtype="bfloat16")
+    x = np.random.default_rng(9).normal(size=(4, 6, 40)).astype(np.float32)
+    dense = nri_nn.torch_dense(5, 40, use_bias=use_bias, compute_dtype="bfloat16")
     variables = dense.init(jax.random.key(1), x)
     params = variables["params"]
 
@@ -335,6 +335,18 @@ def test_dense_bfloat16_against_numpy(use_bias, width):
     want = bf16(x) @ bf16(params["kernel"])
     if use_bias:
         want = want + np.asarray(params["bias"], np.float64)
-    got = dense.apply(variables, x)
+    got = jax.jit(dense.apply)(variables, x)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: nri_nn.reference_dense(5),
+                                  lambda: nri_nn.torch_dense(5, 7)],
+                         ids=["reference_dense", "torch_dense"])
+def test_dense_parameters_stay_float32_under_x64(x64, make):
+    """As flax's Dense (param_dtype float32): float32 data keeps a float32 model under x64."""
+    x = np.ones((2, 7), np.float32)
+    dense = make()
+    variables = dense.init(jax.random.key(0), x)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert jax.jit(dense.apply)(variables, x).dtype == jnp.float32
