@@ -291,12 +291,13 @@ def test_affine_bfloat16_against_numpy():
     assert not np.allclose(db, g.reshape(-1, 6).sum(0), rtol=1e-7, atol=0)  # it is the rounded g
 
 
-def test_affine_float32_against_numpy(x64):
+@pytest.mark.parametrize("f", [5, 20], ids=["narrow", "wide"])  # nn.NARROW_FEATURES = 16
+def test_affine_float32_against_numpy(x64, f):
     rng = np.random.default_rng(7)
-    x, w, b, g = (rng.normal(size=s) for s in [(3, 4, 5), (5, 6), (6,), (3, 4, 6)])
-    y, vjp = jax.vjp(nri_nn.affine, x, w, b)
+    x, w, b, g = (rng.normal(size=s) for s in [(3, 4, f), (f, 6), (6,), (3, 4, 6)])
+    y, vjp = jax.jit(lambda x, w, b: jax.vjp(nri_nn.affine, x, w, b))(x, w, b)
     dx, dw, db = vjp(g)
-    rows_x, rows_g = x.reshape(-1, 5), g.reshape(-1, 6)
+    rows_x, rows_g = x.reshape(-1, f), g.reshape(-1, 6)
     for got, want in [(y, x @ w + b), (dx, g @ w.T), (dw, rows_x.T @ rows_g),
                       (db, rows_g.sum(0))]:
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
