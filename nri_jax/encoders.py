@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 
 from nri_jax import graphs
-from nri_jax.nn import MLP, batch_norm, check_compute_dtype, reference_dense, relu
+from nri_jax.nn import MLP, batch_norm, check_compute_dtype, reference_dense, relu, rows
 
 # 1-D convolutions of the CNN encoder: kernel 5 (valid), max-pool 2 (pairs), kernel 5 again.
 # The second convolution needs (T - 4) // 2 >= 5 pooled steps, so T >= 14.
@@ -164,14 +164,14 @@ def _bf16_conv1d_fwd(x_dtype, w_dtype, x, w):
 def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
     x16, w16 = residuals
     k, c, f = w16.shape
-    rows, frames, _ = x16.shape
+    n_rows, frames, _ = x16.shape
     steps = frames - k + 1
     g16 = g.astype(jnp.bfloat16)
     # Input gradient: the full convolution of the cotangent with the flipped kernel,
     # dx[t] = sum_u g[t + u - (k-1)] @ w[k-1-u]^T, as one product over the windows of
     # the zero-padded cotangent ([R*T, k*F]; block u holds g[t + u - (k-1)]).
     padded = jnp.pad(g16, ((0, 0), (k - 1, k - 1), (0, 0)))
-    g_windows = _windows(padded, k, time=1, stack=2).reshape(rows * frames, k * f)
+    g_windows = _windows(padded, k, time=1, stack=2).reshape(n_rows * frames, k * f)
     flipped = jnp.transpose(w16[::-1], (0, 2, 1)).reshape(k * f, c)
     dx = jnp.dot(g_windows, flipped, preferred_element_type=jnp.float32)
     # Weight gradient dw[s] = sum_t x[t+s]^T g[t], a product contracting over the long
@@ -182,17 +182,17 @@ def _bf16_conv1d_bwd(x_dtype, w_dtype, residuals, g):
         # gives dw[k-1-u] in block u. No new windows (at C = F the input's would be
         # (T - k + 1) / T as large, but built from the saved input alone, XLA built them
         # during the forward pass and kept them alive through the decoder).
-        x_t = jnp.transpose(x16, (2, 0, 1)).reshape(c, rows * frames)
+        x_t = jnp.transpose(x16, (2, 0, 1)).reshape(c, n_rows * frames)
         dw = jnp.dot(x_t, g_windows, preferred_element_type=jnp.float32)
         dw = jnp.transpose(dw.reshape(c, k, f)[:, ::-1], (1, 0, 2))
     else:
         # The input's windows, built as [k*C, R*steps] from the transposed input
         # (k*C rows: small when C is, as for the first convolution's 2D input channels).
         windows_t = _windows(jnp.transpose(x16, (2, 0, 1)), k, time=2, stack=0).reshape(
-            k * c, rows * steps)
-        dw = jnp.dot(windows_t, g16.reshape(rows * steps, f),
+            k * c, n_rows * steps)
+        dw = jnp.dot(windows_t, g16.reshape(n_rows * steps, f),
                      preferred_element_type=jnp.float32).reshape(k, c, f)
-    return dx.reshape(rows, frames, c).astype(x_dtype), dw.astype(w_dtype)
+    return dx.reshape(n_rows, frames, c).astype(x_dtype), dw.astype(w_dtype)
 
 
 _bf16_conv1d.defvjp(_bf16_conv1d_fwd, _bf16_conv1d_bwd)
@@ -236,9 +236,7 @@ class ChannelScore(nn.Module):
         c = x.shape[-1]
         kernel = self.param("kernel", _conv_kernel_init, (1, c, 1), jnp.float32)
         bias = self.param("bias", _conv_bias_init, (1,), jnp.float32)
-        ones = (1,) * (x.ndim - 1)
-        return (jnp.sum(x * kernel.reshape(ones + (c,)), axis=-1, keepdims=True)
-                + bias.reshape(ones + (1,)))
+        return jnp.sum(x * rows(kernel.reshape(c), x), axis=-1, keepdims=True) + rows(bias, x)
 
 
 def max_pool_pairs(x: jax.Array) -> jax.Array:

@@ -83,10 +83,11 @@ def _mixed_matmul_fwd(x_dtype, w_dtype, x, w):
 def _mixed_matmul_bwd(x_dtype, w_dtype, residuals, g):
     x16, w16 = residuals
     g16 = g.astype(jnp.bfloat16)
-    rows = tuple(range(g.ndim - 1))
+    row_axes = tuple(range(g.ndim - 1))
     dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
                          preferred_element_type=jnp.float32)
-    dw = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
+    dw = lax.dot_general(x16, g16, ((row_axes, row_axes), ((), ())),
+                         preferred_element_type=jnp.float32)
     return dx.astype(x_dtype), dw.astype(w_dtype)
 
 
@@ -103,18 +104,18 @@ def affine(x: jax.Array, w: jax.Array, b: jax.Array, compute_dtype: str = "float
     """
     check_compute_dtype(compute_dtype)
     if compute_dtype == "float32":
-        return matmul(x, w, compute_dtype) + _rows(b, x)
+        return matmul(x, w, compute_dtype) + rows(b, x)
     return _mixed_affine(jnp.dtype(x.dtype), jnp.dtype(w.dtype), x, w, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _mixed_affine(x_dtype, w_dtype, x, w, b):
-    return _mixed_matmul(x_dtype, w_dtype, x, w) + _rows(b, x)
+    return _mixed_matmul(x_dtype, w_dtype, x, w) + rows(b, x)
 
 
 def _mixed_affine_fwd(x_dtype, w_dtype, x, w, b):
     product, residuals = _mixed_matmul_fwd(x_dtype, w_dtype, x, w)
-    return product + _rows(b, x), (residuals, b)
+    return product + rows(b, x), (residuals, b)
 
 
 def _mixed_affine_bwd(x_dtype, w_dtype, residuals, g):
@@ -205,7 +206,7 @@ class Dense(nn.Module):
         check_compute_dtype(self.compute_dtype)
         if self.compute_dtype == "float32":
             y = x @ kernel
-            return y if bias is None else y + _rows(bias, y)
+            return y if bias is None else y + rows(bias, y)
         if bias is None:
             return mixed_matmul(x, kernel)
         return affine(x, kernel, bias, self.compute_dtype)
@@ -264,7 +265,7 @@ def _normalize_batch_fwd(epsilon, saved, x_dtype, x, scale, bias):
     # One multiply-add per element, x * a + b, and no x - mean: the backward pass reads
     # x alone, and an x - mean here would be what XLA keeps for it.
     a = inv * scale
-    y = x_wide * _rows(a, x) + _rows(bias - mean * a, x)
+    y = x_wide * rows(a, x) + rows(bias - mean * a, x)
     return (y, mean, var), (x.astype(saved), mean, inv, scale)
 
 
@@ -284,7 +285,7 @@ def _normalize_batch_bwd(epsilon, saved, x_dtype, residuals, cotangents):
     a = inv * scale
     cx = (2.0 * g_var - a * inv * g_scale) / n
     c0 = (g_mean - a * g_bias) / n - cx * mean
-    gx = _rows(a, x) * g + _rows(cx, x) * x_wide + _rows(c0, x)
+    gx = rows(a, x) * g + rows(cx, x) * x_wide + rows(c0, x)
     return gx.astype(x_dtype), g_scale.astype(scale.dtype), g_bias.astype(scale.dtype)
 
 
@@ -315,8 +316,9 @@ def _statistics_dtype(x: jax.Array):
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _rows(v: jax.Array, like: jax.Array) -> jax.Array:
-    """A per-feature vector [F] shaped to broadcast over the rows of `like` [..., F]."""
+def rows(v: jax.Array, like: jax.Array) -> jax.Array:
+    """A per-feature vector [F] shaped to broadcast over the rows of `like` [..., F]
+    (explicitly: the tests forbid rank promotion), e.g. `x + rows(bias, x)`."""
     return v.reshape((1,) * (like.ndim - 1) + v.shape)
 
 
@@ -342,7 +344,7 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
         if self.use_running_average:
             mean, mul = ra_mean.value, lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return (x - _rows(mean, x)) * _rows(mul, x) + _rows(bias, x)
+            return (x - rows(mean, x)) * rows(mul, x) + rows(bias, x)
         y, mean, var = normalize_batch(x, scale, bias, self.epsilon, self.saved_dtype)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean

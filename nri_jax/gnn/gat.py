@@ -36,6 +36,7 @@ from nri_jax import graphs
 from nri_jax.gnn import padding
 from nri_jax.gnn.graph_network import check_aggregation, check_graph_features
 from nri_jax.gnn.message_passing import segment_softmax
+from nri_jax.nn import rows
 
 ADJACENCY_MODES = ("mask", "bias")
 # The split attention vector: fan-in over the head's features.
@@ -78,7 +79,7 @@ class _HeadsMixin:
             out = jnp.mean(heads, axis=-2)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (out.shape[-1],))
-            out = out + bias.reshape((1,) * (out.ndim - 1) + bias.shape)
+            out = out + rows(bias, out)
         return out if self.activation is None else self.activation(out)
 
 

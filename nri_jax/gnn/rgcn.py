@@ -32,7 +32,7 @@ import jraph
 from nri_jax import graphs
 from nri_jax.gnn import padding
 from nri_jax.gnn.graph_network import check_graph_features
-from nri_jax.nn import affine, matmul, torch_uniform
+from nri_jax.nn import affine, matmul, rows, torch_uniform
 
 # One [F_in, F_out] matrix per leading index (type or basis): fan-in over F_in.
 _kernels_init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -208,7 +208,7 @@ class TypedMessages(nn.Module):
             # step ran 1.2x slower (BENCHMARKS.md, 2026-12-07).
             first = (graphs.gather_senders(matmul(nodes, w1[t, :f], cd), senders)
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
-            first = first + b1[t].reshape((1,) * (first.ndim - 1) + (h,))
+            first = first + rows(b1[t], first)
             hidden = dropout(self.activation(first), deterministic=not train)
             second = self.activation(affine(hidden, w2[t], b2[t], cd))
             messages = messages + second * edge_types[..., t:t + 1]
