@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The paper's Tables 1 and 2 for one benchmark at a CPU budget: every method trained on the
-# same 10k/1k/1k dataset with the quick preset's model and schedule (hidden 128, bf16
-# products, 20 epochs unless a row says otherwise), one run after the other, then the tables.
+# same 10k/1k/1k dataset with the quick preset's model (hidden 128, bf16 products) and the
+# schedule the recorded tables used (the quick preset's until 2026-12-07: batch 128, 20 epochs
+# unless a row says otherwise, learning rate halved after 12), one run after the other, then
+# the tables.
 #
 #   bash benchmarks/paper_tables.sh springs runs/tables-springs5
 #   bash benchmarks/paper_tables.sh charged runs/tables-charged5     # adds --no-skip-first
@@ -11,7 +13,7 @@
 set -euo pipefail
 system=$1 out=$2
 shift 2
-common=(--preset quick --system "$system" "$@")
+common=(--preset quick --batch-size 128 --epochs 20 --lr-decay-every 12 --system "$system" "$@")
 [ "$system" = charged ] && common+=(--no-skip-first)  # both charge signs interact
 python=${PYTHON:-.venv/bin/python}
 
