@@ -27,7 +27,9 @@ own ceilings (a plain [100 B, H] x [H, H] product in float32 and bfloat16, the
 message MLPs' shape, and an elementwise pass that writes its output), and each
 result gives the products' FLOPs executed per sample and the bytes its thunks
 read and write (`hlo.executed_work`: loop bodies counted once per trip, the
-remat recomputation included), as rates and as fractions of those ceilings.
+remat recomputation included), as rates and as fractions of those ceilings,
+and the minor page faults per step with the system's share of the CPU time
+(XLA allocates a step's temporaries afresh, and their pages fault in again).
 """
 
 from __future__ import annotations
@@ -100,12 +102,13 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
     memory = step.memory_analysis()
     state, sums = step(state, split, indices, key)  # warm up
     jax.block_until_ready(sums)
-    t0 = time.perf_counter()
+    usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for i in range(steps):
         state, sums = step(state, split, (indices + i * batch) % len(split.features),
                            jax.random.fold_in(key, i))
     jax.block_until_ready((state, sums))
-    seconds = time.perf_counter() - t0
+    seconds, usage = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
     return {"model": model_name, "compute_dtype": compute_dtype, "remat": remat,
             "chunk_size": chunk_size, "batch": batch,
             "hidden": hidden, "steps": steps, "samples_per_s": steps * batch / seconds,
@@ -115,6 +118,8 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
             "xla_temp_mb": memory.temp_size_in_bytes / MB,
             "xla_argument_mb": memory.argument_size_in_bytes / MB,
             "xla_output_mb": memory.output_size_in_bytes / MB,
+            "page_faults_per_step": (usage.ru_minflt - usage0.ru_minflt) / steps,
+            "system_cpu_share": (usage.ru_stime - usage0.ru_stime) / max(cpu_s, 1e-9),
             "reference_samples_per_s": REFERENCE[model_name]}
 
 
@@ -175,7 +180,8 @@ def _print(r: dict, ceiling: dict, original: dict) -> None:
           f"{gbs:.1f} GB/s ({gbs / ceiling['elementwise_gb_per_s']:.0%} of an elementwise "
           f"pass); peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_after_compile_mb']:.0f} MB "
           f"after compiling; XLA temp {r['xla_temp_mb']:.0f} MB, args "
-          f"{r['xla_argument_mb']:.0f} MB)", flush=True)
+          f"{r['xla_argument_mb']:.0f} MB); {r['page_faults_per_step']:.0f} page faults/step, "
+          f"system time {r['system_cpu_share']:.0%} of CPU time", flush=True)
 
 
 def _print_ceiling(c: dict, batch: int, hidden: int) -> None:
