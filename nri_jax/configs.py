@@ -228,15 +228,16 @@ def quick() -> Config:
     Departs from the paper's settings for speed: 10k training trajectories,
     12 epochs of batch 32 (four times the paper's updates per sample: at this
     budget the accuracy follows the number of updates, and at hidden 128 a
-    sample costs only about a tenth more in batches of 32 than of 128), hidden size 128,
-    learning rate 1e-3 halved after 7 epochs, `skip_first` (edge type 0 is "no
-    interaction", so the decoder computes one message MLP instead of two and
-    the encoder's labelling cannot come out swapped) and bfloat16 matrix
-    products (with the default decoder rematerialisation measured 1.26x faster
-    than float32 without it on 2 CPU cores at the same accuracy). Measured on a
-    2-core Intel Xeon: 2.5 minutes from an empty directory, 95.4-96.0% test edge
-    accuracy over two seeds, where batch 128 for 20 epochs (the preset until
-    2026-12-07) took 3 min 40 s for 94.0-95.2% (BENCHMARKS.md, "The default job").
+    sample costs only about a tenth more in batches of 32 than of 128), hidden
+    size 128, learning rate 1e-3 halved after 7 epochs, `skip_first` (edge
+    type 0 is "no interaction", so the decoder computes one message MLP
+    instead of two and the encoder's labelling cannot come out swapped) and
+    bfloat16 matrix products (with the default decoder rematerialisation
+    measured 1.26x faster than float32 without it on 2 CPU cores at the same
+    accuracy). Measured on a 2-core Intel Xeon: 2.5 minutes from an empty
+    directory, 95.4-96.0% test edge accuracy over two seeds, where batch 128
+    for 20 epochs (the preset until 2026-12-07) took 3 min 40 s for 94.0-95.2%
+    (BENCHMARKS.md, "The default job").
     """
     return Config(
         DataConfig(n_train=10_000, n_valid=1_000, n_test=1_000),
