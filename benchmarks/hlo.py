@@ -108,7 +108,7 @@ def thunk_bytes(inst: dict, instructions: dict, computations: dict) -> int:
     return sum(operands) + result
 
 
-def _best_seconds(fn, *args, repeats: int) -> float:
+def best_seconds(fn, *args, repeats: int) -> float:
     """The shortest of `repeats` timed calls of a jitted `fn`, after one untimed call."""
     import jax
 
@@ -132,7 +132,7 @@ def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, fl
         a = jnp.ones((rows, width), dtype)
         b = jnp.ones((width, width), dtype)
         product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-        best = _best_seconds(product, a, b, repeats=repeats)
+        best = best_seconds(product, a, b, repeats=repeats)
         rates[jnp.dtype(dtype).name] = 2 * rows * width * width / best / 1e9
     return rates
 
@@ -178,4 +178,4 @@ def elementwise_bandwidth(elements: int = 2 ** 24, repeats: int = 5) -> float:
     a = jnp.linspace(-1.0, 1.0, elements, dtype=jnp.float32)
     b = jnp.flip(a)
     fn = jax.jit(lambda a, b: jax.nn.relu(a + b))
-    return 3 * 4 * elements / _best_seconds(fn, a, b, repeats=repeats) / 1e9
+    return 3 * 4 * elements / best_seconds(fn, a, b, repeats=repeats) / 1e9

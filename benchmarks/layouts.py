@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hlo import _best_seconds  # noqa: E402
+from hlo import best_seconds  # noqa: E402
 
 
 def product_layouts(rows: int, width: int, repeats: int) -> dict[str, float]:
@@ -53,7 +53,7 @@ def product_layouts(rows: int, width: int, repeats: int) -> dict[str, float]:
         "a_t g_t^T (both feature-major)": (contract(1, 1), a_t, g_t),
     }
     flops = 2 * rows * width * width
-    return {name: flops / _best_seconds(fn, x, y, repeats=repeats) / 1e9
+    return {name: flops / best_seconds(fn, x, y, repeats=repeats) / 1e9
             for name, (fn, x, y) in cases.items()}
 
 
@@ -123,7 +123,7 @@ def message_layouts(batch: int, hidden: int, repeats: int) -> dict[str, float]:
     np.testing.assert_allclose(got_x, want_x, rtol=1e-2, atol=1e-4)
     np.testing.assert_allclose(got_p["params"]["second_kernel"][1],
                                want_p["params"]["second_kernel"][1], rtol=1e-2, atol=1e-3)
-    return {name: _best_seconds(step, params, x, repeats=repeats) for name, step in steps.items()}
+    return {name: best_seconds(step, params, x, repeats=repeats) for name, step in steps.items()}
 
 
 def main() -> None:
