@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hlo import (CONTAINERS, called_instructions, parse_hlo, plain_product_rates,  # noqa: E402
                  product_flops, thunk_bytes)
-from train_throughput import build, step_arguments  # noqa: E402
+from train_throughput import build, step_arguments, step_flags  # noqa: E402
 
 CLASSES = ("forward products", "backward products", "gathers", "scatters", "BatchNorm",
            "conversions", "layout copies", "scan bookkeeping", "elementwise + reductions")
@@ -131,11 +131,12 @@ def tabulate(events: list, instructions: dict, computations: dict, steps: int):
 
 
 def profile(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
-            remat: bool, top: int, chunk_size: int | None = None) -> dict:
+            remat: bool, top: int, chunk_size: int | None = None,
+            keep_messages: bool = False) -> dict:
     import jax
 
     step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden, 5, remat,
-                                             chunk_size)
+                                             chunk_size, keep_messages)
     compiled = step.lower(state, split, indices, key).compile()
     instructions, computations = parse_hlo(compiled.as_text())
     state, _ = _timed_steps(compiled, state, split, indices, key, 2)  # warm up
@@ -193,7 +194,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(profile(args.child, args.compute_dtype, args.steps, args.batch,
-                                 args.hidden, args.remat, args.top, args.chunk_size)))
+                                 args.hidden, args.remat, args.top, args.chunk_size,
+                                 args.keep_messages)))
         return
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_cpu_enable_xprof_traceme=true").strip()}
@@ -203,10 +205,7 @@ def main() -> None:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
                  "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
-                 str(args.hidden), "--top", str(args.top),
-                 "--remat" if args.remat else "--no-remat"]
-                + ([] if args.chunk_size is None
-                   else ["--decoder-chunk-size", str(args.chunk_size)]),
+                 str(args.hidden), "--top", str(args.top)] + step_flags(args),
                 check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             _print(results[-1])

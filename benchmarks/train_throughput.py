@@ -57,7 +57,7 @@ def _peak_rss_mb() -> float:
 
 
 def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_objects: int,
-          remat: bool = True, chunk_size: int | None = None):
+          remat: bool = True, chunk_size: int | None = None, keep_messages: bool = False):
     """The jitted train step of `model_name` at springs shapes, on random data.
 
     Returns (step, state, split, indices, key): the step and its arguments.
@@ -73,7 +73,8 @@ def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_object
     config = configs.override(configs.get_preset("springs5"), encoder=encoder, decoder=decoder,
                               encoder_hidden=hidden, decoder_hidden=hidden, batch_size=batch,
                               n_objects=n_objects, compute_dtype=compute_dtype,
-                              remat=remat, decoder_chunk_size=chunk_size)
+                              remat=remat, decoder_chunk_size=chunk_size,
+                              remat_keeps_messages=keep_messages)
     key = jax.random.key(0)
     n_edges = n_objects * (n_objects - 1)
     split = data_lib.Split(jax.random.normal(key, (4 * batch, n_objects, 49, 4)),
@@ -86,13 +87,14 @@ def build(model_name: str, compute_dtype: str, batch: int, hidden: int, n_object
 
 
 def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden: int,
-            n_objects: int, remat: bool = True, chunk_size: int | None = None) -> dict:
+            n_objects: int, remat: bool = True, chunk_size: int | None = None,
+            keep_messages: bool = False) -> dict:
     import jax
 
     from nri_jax import training
 
     step, state, split, indices, key = build(model_name, compute_dtype, batch, hidden,
-                                             n_objects, remat, chunk_size)
+                                             n_objects, remat, chunk_size, keep_messages)
     t0 = time.perf_counter()
     step = step.lower(state, split, indices, key).compile()
     compile_s = time.perf_counter() - t0
@@ -110,7 +112,7 @@ def measure(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
     seconds, usage = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
     return {"model": model_name, "compute_dtype": compute_dtype, "remat": remat,
-            "chunk_size": chunk_size, "batch": batch,
+            "chunk_size": chunk_size, "keep_messages": keep_messages, "batch": batch,
             "hidden": hidden, "steps": steps, "samples_per_s": steps * batch / seconds,
             "gflop_per_sample": work["product_flops"] / batch / 1e9,
             "gb_per_sample": work["bytes"] / batch / 1e9, "compile_s": compile_s,
@@ -127,10 +129,7 @@ def _run_child(args, name: str, dtype: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", name, "--compute-dtype", dtype,
                           "--steps", str(args.steps), "--batch", str(args.batch), "--hidden",
                           str(args.hidden), "--n-objects", str(args.n_objects)]
-                         + ["--remat" if args.remat else "--no-remat"]
-                         + ([] if args.chunk_size is None
-                            else ["--decoder-chunk-size", str(args.chunk_size)]),
-                         check=True, stdout=subprocess.PIPE, text=True).stdout
+                         + step_flags(args), check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -171,6 +170,8 @@ def _print(r: dict, ceiling: dict, original: dict) -> None:
     remat = " remat" if r["remat"] else " no-remat"
     if r.get("chunk_size"):
         remat += f" chunks of {r['chunk_size']}"
+    if r.get("keep_messages"):
+        remat += " keeping messages"
     gflops, gbs = r["gflop_per_sample"] * r["samples_per_s"], r["gb_per_sample"] * r["samples_per_s"]
     plain = ceiling["product_gflop_per_s"][r["compute_dtype"]]
     print(f"{r['model']:8s} {r['compute_dtype']:8s}{remat} B={r['batch']} H={r['hidden']}: "
@@ -207,9 +208,19 @@ def step_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
     parser.add_argument("--decoder-chunk-size", dest="chunk_size", type=int, default=None,
                         help="decode the batch in chunks of this many examples (default: "
                              "the whole batch)")
+    parser.add_argument("--remat-keeps-messages", dest="keep_messages", action="store_true",
+                        help="remat keeps the message products (ModelConfig."
+                             "remat_keeps_messages)")
     parser.add_argument("--json", default=None, help="also write every run to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def step_flags(args: argparse.Namespace) -> list[str]:
+    """The model options of `step_arguments` as a child process's flags."""
+    return (["--remat" if args.remat else "--no-remat"]
+            + ([] if args.chunk_size is None else ["--decoder-chunk-size", str(args.chunk_size)])
+            + (["--remat-keeps-messages"] if args.keep_messages else []))
 
 
 def main() -> None:
@@ -226,7 +237,8 @@ def main() -> None:
         parser.error(str(error))
     if args.child:
         print(json.dumps(measure(args.child, args.compute_dtype, args.steps, args.batch,
-                                 args.hidden, args.n_objects, args.remat, args.chunk_size)))
+                                 args.hidden, args.n_objects, args.remat, args.chunk_size,
+                                 args.keep_messages)))
         return
     configurations = [(m, d) for m in args.models.split(",")
                       for d in args.compute_dtype.split(",")]

@@ -27,7 +27,7 @@ from jax import lax
 
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
-from nri_jax.gnn.rgcn import TypedMessages
+from nri_jax.gnn.rgcn import MESSAGE_PRODUCTS, TypedMessages
 from nri_jax.nn import MessageGRUCell, check_compute_dtype, torch_dense
 from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 
@@ -35,16 +35,22 @@ from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 RNN_MESSAGE_SCALES = ("incoming", "state_dims")
 
 
-def maybe_remat(step_cls, remat: bool):
+def maybe_remat(step_cls, remat: bool, keep_messages: bool = False):
     """The scan body, rematerialised in the backward pass when `remat`.
 
     Memory: without remat, the backward pass keeps every step's activations
     ([B, blocks, E, H] arrays, ~13 MB each at the paper's size, several per step);
     with remat only the step inputs are kept and the step's forward is recomputed
-    during the backward pass (about a third more decoder arithmetic).
+    during the backward pass (about a third more decoder arithmetic). With
+    `keep_messages` the message MLPs' second-layer outputs are kept as well
+    (`rgcn.MESSAGE_PRODUCTS`, float32, one [rows, H] array per edge type and
+    step), so the recomputation skips the decoder's largest products.
     """
-    return nn.remat(step_cls, policy=jax.checkpoint_policies.nothing_saveable) if remat \
-        else step_cls
+    if not remat:
+        return step_cls
+    policy = (jax.checkpoint_policies.save_only_these_names(MESSAGE_PRODUCTS) if keep_messages
+              else jax.checkpoint_policies.nothing_saveable)
+    return nn.remat(step_cls, policy=policy)
 
 
 def _decoder_fields(config) -> dict:
@@ -52,6 +58,7 @@ def _decoder_fields(config) -> dict:
     return dict(hidden=config.decoder_hidden, n_edge_types=config.n_edge_types,
                 skip_first=config.skip_first, dropout=config.decoder_dropout,
                 compute_dtype=config.compute_dtype, remat=config.remat,
+                remat_keeps_messages=config.remat_keeps_messages,
                 chunk_size=config.decoder_chunk_size)
 
 
@@ -161,7 +168,8 @@ class MLPDecoder(nn.Module):
     about 1.06 GFLOP forward + backward (the reference counts 1.08).
     `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
     `remat` recomputes each step's activations in the backward pass instead of
-    storing them (less memory, more arithmetic). `chunk_size` decodes the batch
+    storing them (less memory, more arithmetic), except the message products
+    with `remat_keeps_messages` (`maybe_remat`). `chunk_size` decodes the batch
     in chunks of at least that many examples, one after the other in the same
     scan (`batch_chunks`): the same results, less activation memory.
     """
@@ -172,6 +180,7 @@ class MLPDecoder(nn.Module):
     dropout: float = 0.0
     compute_dtype: str = "float32"
     remat: bool = False
+    remat_keeps_messages: bool = False
     chunk_size: int | None = None
     protocol: ClassVar[Protocol] = MARKOVIAN
     reads_graph: ClassVar[bool] = True
@@ -209,7 +218,8 @@ class MLPDecoder(nn.Module):
         starts = jnp.swapaxes(inputs[:, :, :n_blocks * period:period], 1, 2)
         chunks = batch_chunks(b, self.chunk_size)
         starts, chunk_edges = _split_chunks(starts, chunks), _split_chunks(edges[:, None], chunks)
-        rollout = nn.scan(maybe_remat(_MLPDecoderStep, self.remat), variable_broadcast="params",
+        body = maybe_remat(_MLPDecoderStep, self.remat, self.remat_keeps_messages)
+        rollout = nn.scan(body, variable_broadcast="params",
                           in_axes=(0, nn.broadcast, nn.broadcast),
                           split_rngs={"params": False, "dropout": True}, length=chunks * steps)
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,
@@ -279,7 +289,8 @@ class RNNDecoder(nn.Module):
     average). The two agree at the paper's N=5, D=4 and differ at N=10 (9 vs 4).
     `compute_dtype` ("float32" or "bfloat16") is the dtype of all products;
     `remat` recomputes each step's activations in the backward pass instead of
-    storing them (less memory, more arithmetic). `chunk_size` as in MLPDecoder
+    storing them (less memory, more arithmetic), except the message products
+    with `remat_keeps_messages` (`maybe_remat`). `chunk_size` as in MLPDecoder
     (slower here: the 48 steps become 48 x C steps of smaller products).
     """
 
@@ -289,6 +300,7 @@ class RNNDecoder(nn.Module):
     dropout: float = 0.0
     compute_dtype: str = "float32"
     remat: bool = False
+    remat_keeps_messages: bool = False
     message_scale: str = "incoming"
     chunk_size: int | None = None
     protocol: ClassVar[Protocol] = RECURRENT
@@ -331,7 +343,8 @@ class RNNDecoder(nn.Module):
               jnp.asarray(np.repeat(np.arange(chunks, dtype=np.int32), steps)))
         carry = (jnp.zeros((b // chunks, n, self.hidden), inputs.dtype),
                  jnp.zeros_like(frames[0]))
-        rollout = nn.scan(maybe_remat(_RNNDecoderStep, self.remat), variable_broadcast="params",
+        body = maybe_remat(_RNNDecoderStep, self.remat, self.remat_keeps_messages)
+        rollout = nn.scan(body, variable_broadcast="params",
                           in_axes=(0, nn.broadcast), length=chunks * steps,
                           split_rngs={"params": False, "dropout": True})
         _, ys = rollout(self.hidden, self.n_edge_types, self.skip_first, self.dropout, train,

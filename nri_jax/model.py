@@ -69,11 +69,13 @@ class ModelConfig:
         most chunks that divide the batch evenly; None: the whole batch at
         once). Results are the same up to the order of float sums, with about
         half the activation memory for chunks of 32 at batch 128. Speed depends
-        on the CPU's caches and the width: the MLP decoder at hidden 256 in
-        bf16 ran 1.28x faster in chunks of 32 on an Intel Xeon with 2 MiB of L2
-        per core, not faster on a Zen 4 or at hidden 128; the recurrent decoder
-        is slower (BENCHMARKS.md, "Same run as the original on an Intel Xeon
-        with AMX; decoding in chunks").
+        on the CPU's caches and the width: the MLP decoder at hidden 256 ran
+        faster when a chunk's edge arrays fit one core's L2 (bf16 1.28-1.5x in
+        chunks of 32 on an Intel Xeon with 2 MiB of L2 per core; 1.12-1.16x,
+        float32 1.17-1.23x, in chunks of 16 on a Zen 4 with 1 MiB), not at
+        hidden 128; the recurrent decoder is slower (BENCHMARKS.md, "Same run as
+        the original on an Intel Xeon with AMX; decoding in chunks", "Decoding
+        in chunks and keeping the message products on a Zen 4").
       remat: recompute the decoder's per-step activations in the backward pass
         instead of storing them (the default). It costs about a third more
         decoder arithmetic and saves more time than that: without it every
@@ -83,6 +85,14 @@ class ModelConfig:
         1.10-1.33x faster in float32, 1.14-2.38x in bfloat16, XLA temporaries
         0.9-1.8 GB -> 0.1-0.24 GB for the MLP and RNN decoders (BENCHMARKS.md,
         "Same run as the original"). Results agree to float32 round-off.
+      remat_keeps_messages: with `remat`, keep the message MLPs' second-layer
+        outputs (float32, one [rows, H] array per edge type and decoder step)
+        for the backward pass, so it does not recompute the decoder's largest
+        products: more memory (about 240 MiB at the paper's size, batch 128)
+        for fewer products. It pays where products are slow next to memory
+        traffic: float32 MLP+MLP 1.08-1.13x faster on a Zen 4, bfloat16 not
+        (0.97-1.02x; BENCHMARKS.md, "Decoding in chunks and keeping the
+        message products on a Zen 4"). The same results.
     """
 
     n_edge_types: int = 2
@@ -98,6 +108,7 @@ class ModelConfig:
     hard: bool = False
     compute_dtype: str = "float32"
     remat: bool = True
+    remat_keeps_messages: bool = False
     rnn_message_scale: str = "incoming"
     decoder_chunk_size: int | None = None
 
@@ -117,6 +128,8 @@ class ModelConfig:
              f"one of {decoders.RNN_MESSAGE_SCALES}"),
             ("decoder_chunk_size", self.decoder_chunk_size is None or self.decoder_chunk_size > 0,
              "positive or None"),
+            ("remat_keeps_messages", self.remat or not self.remat_keeps_messages,
+             "False without remat (it chooses what remat keeps)"),
         ]
         for name, ok, requirement in checks:
             if not ok:

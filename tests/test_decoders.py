@@ -219,8 +219,10 @@ def test_bfloat16_keeps_the_parameters(decoder_cls, expected):
 
 
 @pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
-def test_remat_changes_memory_not_results(decoder_cls):
-    plain, remat = (decoder_cls(hidden=8, n_edge_types=2, remat=r) for r in (False, True))
+@pytest.mark.parametrize("keep_messages", [False, True])
+def test_remat_changes_memory_not_results(decoder_cls, keep_messages):
+    plain = decoder_cls(hidden=8, n_edge_types=2)
+    remat = decoder_cls(hidden=8, n_edge_types=2, remat=True, remat_keeps_messages=keep_messages)
     x, edges = _inputs((2, 3, 5, 2), 2, seed=8)
     variables = _numpy_variables(plain, x, edges, train=False)
 
@@ -236,6 +238,24 @@ def test_remat_changes_memory_not_results(decoder_cls):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for g, w in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_remat_keeping_messages_skips_their_products(decoder_cls, skip_first):
+    """The backward pass recomputes every product of a decoder step under remat but
+    the message MLPs' second layers (one per active edge type) when it keeps them."""
+    x, edges = _inputs((2, 3, 5, 2), 3, seed=8)
+
+    def products(**remat):
+        decoder = decoder_cls(hidden=8, n_edge_types=3, skip_first=skip_first, **remat)
+        variables = _numpy_variables(decoder, x, edges, train=False)
+        loss = lambda v: jnp.sum(decoder.apply(v, x, edges, train=False) ** 2)
+        return jax.jit(jax.grad(loss)).lower(variables).as_text().count("dot_general")
+
+    recomputing, keeping = products(remat=True), products(remat=True, remat_keeps_messages=True)
+    assert recomputing - keeping == (2 if skip_first else 3)
+    assert keeping > products(remat=False)  # the rest is still recomputed
 
 
 @pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])

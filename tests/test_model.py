@@ -26,6 +26,19 @@ def test_config_validation_names_the_field(field, value):
         ModelConfig(**{field: value})
 
 
+def test_keeping_messages_needs_remat():
+    with pytest.raises(ValueError, match="remat_keeps_messages.*without remat.*True"):
+        ModelConfig(remat=False, remat_keeps_messages=True)
+
+
+@pytest.mark.parametrize("decoder", ["mlp", "rnn"])
+def test_the_model_builds_its_decoder_with_the_remat_choice(decoder):
+    """Fields that change no value (what remat keeps) must still reach the decoder."""
+    for keep in (False, True):
+        config = ModelConfig(decoder=decoder, remat_keeps_messages=keep, **TINY)
+        assert NRI(config).bind({}).decoder.remat_keeps_messages is keep
+
+
 @pytest.mark.parametrize("config, expected", [
     (ModelConfig(), 710_146 + 269_828),
     (ModelConfig(encoder="cnn", decoder="rnn"), 933_379 + 727_300),
@@ -117,7 +130,7 @@ def test_training_samples_use_the_configured_temperature():
     ModelConfig(n_edge_types=3, factor=False, skip_first=True, compute_dtype="bfloat16", **TINY),
     ModelConfig(encoder="cnn", decoder="rnn", skip_first=True, compute_dtype="bfloat16", **TINY),
     ModelConfig(decoder="rnn", rnn_message_scale="state_dims", decoder_chunk_size=1, **TINY),
-    ModelConfig(decoder_chunk_size=1, **TINY),
+    ModelConfig(decoder_chunk_size=1, remat_keeps_messages=True, **TINY),
 ])
 def test_config_fields_reach_the_encoder_and_decoder(config):
     """NRI(config) computes what an encoder and a decoder built from the config's fields compute.
@@ -134,7 +147,7 @@ def test_config_fields_reach_the_encoder_and_decoder(config):
     decoder = {"mlp": decoders.MLPDecoder, "rnn": decoders.RNNDecoder}[c.decoder](
         hidden=c.decoder_hidden, n_edge_types=c.n_edge_types, skip_first=c.skip_first,
         dropout=c.decoder_dropout, compute_dtype=c.compute_dtype, remat=c.remat,
-        chunk_size=c.decoder_chunk_size, **rnn_only)
+        remat_keeps_messages=c.remat_keeps_messages, chunk_size=c.decoder_chunk_size, **rnn_only)
     x = _normal((2, 4, 14, 2), 11)  # N-1 != D: the two RNN message scales differ
     edges = jax.nn.softmax(_normal((2, 12, c.n_edge_types), 12))  # every type carries weight
     model = NRI(config)

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
+from jax.ad_checkpoint import checkpoint_name
 
 from nri_jax import graphs
 from nri_jax.gnn import padding
@@ -131,6 +132,11 @@ class RGCN(nn.Module):
         return graph._replace(nodes=out)
 
 
+# The name of the message MLPs' second-layer outputs (before the activation) in a
+# rematerialised scope: a `jax.checkpoint` policy can keep them (decoders.maybe_remat).
+MESSAGE_PRODUCTS = "typed_message_products"
+
+
 class TypedMessages(nn.Module):
     """Per-edge-type message MLPs of [sender, receiver], weighted by soft edge types.
 
@@ -210,7 +216,8 @@ class TypedMessages(nn.Module):
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
             first = first + rows(b1[t], first)
             hidden = dropout(self.activation(first), deterministic=not train)
-            second = self.activation(affine(hidden, w2[t], b2[t], cd))
+            second = self.activation(checkpoint_name(affine(hidden, w2[t], b2[t], cd),
+                                                     MESSAGE_PRODUCTS))
             messages = messages + second * edge_types[..., t:t + 1]
         return messages
 
