@@ -72,7 +72,7 @@ class ModelConfig:
         on the CPU's caches and the width: the MLP decoder at hidden 256 ran
         faster when a chunk's edge arrays fit one core's L2 (bf16 1.28-1.5x in
         chunks of 32 on an Intel Xeon with 2 MiB of L2 per core; 1.12-1.16x,
-        float32 1.17-1.23x, in chunks of 16 on a Zen 4 with 1 MiB), not at
+        float32 1.14-1.23x, in chunks of 16 on a Zen 4 with 1 MiB), not at
         hidden 128; the recurrent decoder is slower (BENCHMARKS.md, "Same run as
         the original on an Intel Xeon with AMX; decoding in chunks", "Decoding
         in chunks and keeping the message products on a Zen 4").
@@ -90,7 +90,7 @@ class ModelConfig:
         for the backward pass, so it does not recompute the decoder's largest
         products: more memory (about 240 MiB at the paper's size, batch 128)
         for fewer products. It pays where products are slow next to memory
-        traffic: float32 MLP+MLP 1.08-1.13x faster on a Zen 4, bfloat16 not
+        traffic: float32 MLP+MLP 1.04-1.13x faster on a Zen 4, bfloat16 not
         (0.97-1.02x; BENCHMARKS.md, "Decoding in chunks and keeping the
         message products on a Zen 4"). The same results.
     """
