@@ -73,6 +73,29 @@ def trace_events(trace_dir: str) -> list[tuple[str, float, float]]:
     return [(e["name"], e["ts"], e.get("dur", 0.0)) for e in events if e.get("ph") == "X"]
 
 
+def until_their_end(events: list[tuple[str, float, float]],
+                    asynchronous: set[str]) -> list[tuple[str, float, float]]:
+    """The events with each asynchronous thunk lasting until its completion.
+
+    An unfused `dot` or `convolution` runs asynchronously on XLA's CPU runtime
+    (in Eigen's thread pool): its event spans only the launch, and an
+    "end: <name>" event marks the completion; without the pairing its run time
+    would count as time with no thunk running. Each end event of a name in
+    `asynchronous` extends the latest launch of that name. (Other thunks have
+    end events too, but theirs come when the executor gets round to them.)
+    """
+    out, launched = [], {}
+    for name, start, duration in sorted(events, key=lambda e: e[1]):
+        if name.startswith("end: ") and name[5:] in launched:
+            i = launched.pop(name[5:])
+            out[i] = (out[i][0], out[i][1], max(out[i][2], start + duration - out[i][1]))
+            continue
+        if name in asynchronous:
+            launched[name] = len(out)
+        out.append((name, start, duration))
+    return out
+
+
 def shared_wall_time(intervals: list[tuple[str, float, float]]) -> dict[str, float]:
     """Wall time per key, an instant shared equally among the thunks running then.
 
@@ -146,8 +169,10 @@ def profile(model_name: str, compute_dtype: str, steps: int, batch: int, hidden:
             state, traced_step_s = _timed_steps(compiled, state, split, indices, key, steps)
         # Executor and Python events are not instructions of the module; a loop's or a
         # branch's own event spans the thunks of its body, which are counted instead.
-        events = [e for e in trace_events(trace_dir) if e[0] in instructions
-                  and instructions[e[0]]["opcode"] not in CONTAINERS]
+        asynchronous = {name for name, inst in instructions.items()
+                        if inst["opcode"] in ("dot", "convolution")}
+        events = [e for e in until_their_end(trace_events(trace_dir), asynchronous)
+                  if e[0] in instructions and instructions[e[0]]["opcode"] not in CONTAINERS]
     table, ops = tabulate(events, instructions, computations, steps)
     return {"model": model_name, "compute_dtype": compute_dtype, "batch": batch,
             "hidden": hidden, "remat": remat, "step_ms": step_s * 1e3,

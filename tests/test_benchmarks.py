@@ -20,3 +20,12 @@ def test_original_figures_parse_per_model():
 def test_bad_original_figures_are_named(text, named):
     with pytest.raises(ValueError, match=named.replace("+", r"\+")):
         train_throughput.parse_original(text)
+
+
+def test_an_asynchronous_thunk_lasts_until_its_end_event():
+    from benchmarks import profile_step
+    events = [("dot.1", 10.0, 0.5), ("fusion", 11.0, 2.0), ("end: dot.1", 40.0, 0.25),
+              ("end: fusion", 45.0, 0.0), ("dot.1", 50.0, 0.5), ("end: dot.1", 60.0, 0.0)]
+    assert profile_step.until_their_end(events, {"dot.1"}) == [
+        ("dot.1", 10.0, 30.25), ("fusion", 11.0, 2.0), ("end: fusion", 45.0, 0.0),
+        ("dot.1", 50.0, 10.0)]
