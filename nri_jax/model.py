@@ -90,9 +90,11 @@ class ModelConfig:
         for the backward pass, so it does not recompute the decoder's largest
         products: more memory (about 240 MiB at the paper's size, batch 128)
         for fewer products. It pays where products are slow next to memory
-        traffic: float32 MLP+MLP 1.04-1.13x faster on a Zen 4, bfloat16 not
-        (0.97-1.02x; BENCHMARKS.md, "Decoding in chunks and keeping the
-        message products on a Zen 4"). The same results.
+        traffic: float32 MLP+MLP 1.04-1.13x faster on a Zen 4 (1.01-1.04x on
+        an Intel Xeon), bfloat16 not (0.97-1.02x on the Zen 4, 0.59x on the
+        Intel Xeon with AMX; BENCHMARKS.md, "Decoding in chunks and keeping
+        the message products on a Zen 4", "Keeping the message products on the
+        Intel Xeon"). The same results.
     """
 
     n_edge_types: int = 2
