@@ -44,8 +44,12 @@ def maybe_remat(step_cls, remat: bool, keep_messages: bool = False):
     during the backward pass (about a third more decoder arithmetic). With
     `keep_messages` the message MLPs' second-layer outputs are kept as well
     (`rgcn.MESSAGE_PRODUCTS`, float32, one [rows, H] array per edge type and
-    step), so the recomputation skips the decoder's largest products.
+    step), so the recomputation skips the decoder's largest products; without
+    `remat` there is nothing to choose, and asking for it is an error.
     """
+    if keep_messages and not remat:
+        raise ValueError("remat_keeps_messages=True needs remat=True: it chooses what remat "
+                         "keeps, and without remat every activation is kept")
     if not remat:
         return step_cls
     policy = (jax.checkpoint_policies.save_only_these_names(MESSAGE_PRODUCTS) if keep_messages

@@ -241,6 +241,14 @@ def test_remat_changes_memory_not_results(decoder_cls, keep_messages):
 
 
 @pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
+def test_keeping_messages_without_remat_is_refused(decoder_cls):
+    decoder = decoder_cls(hidden=8, n_edge_types=2, remat=False, remat_keeps_messages=True)
+    x, edges = _inputs((2, 3, 5, 2), 2, seed=8)
+    with pytest.raises(ValueError, match="remat_keeps_messages=True needs remat=True"):
+        decoder.init(jax.random.key(0), x, edges, train=False)
+
+
+@pytest.mark.parametrize("decoder_cls", [decoders.MLPDecoder, decoders.RNNDecoder])
 @pytest.mark.parametrize("skip_first", [False, True])
 def test_remat_keeping_messages_skips_their_products(decoder_cls, skip_first):
     """The backward pass recomputes every product of a decoder step under remat but
