@@ -28,7 +28,7 @@ from jax import lax
 from nri_jax import graphs
 from nri_jax.encoders import check_trajectories
 from nri_jax.gnn.rgcn import MESSAGE_PRODUCTS, TypedMessages
-from nri_jax.nn import MessageGRUCell, check_compute_dtype, torch_dense
+from nri_jax.nn import MessageGRUCell, check_compute_dtype, hidden_relu, torch_dense
 from nri_jax.rollouts import MARKOVIAN, RECURRENT, Protocol, Teaching
 
 # Divisors of the recurrent decoder's summed incoming messages (RNNDecoder.message_scale).
@@ -117,9 +117,9 @@ def _output_mlp(x: jax.Array, hidden: int, out: int, dropout: float, train: bool
     """Linear -> ReLU -> dropout -> Linear -> ReLU -> dropout -> Linear (in a compact scope)."""
     drop = nn.Dropout(dropout)
     cd = compute_dtype
-    x = drop(nn.relu(torch_dense(hidden, x.shape[-1], name="out1", compute_dtype=cd)(x)),
+    x = drop(hidden_relu(torch_dense(hidden, x.shape[-1], name="out1", compute_dtype=cd)(x), cd),
              deterministic=not train)
-    x = drop(nn.relu(torch_dense(hidden, hidden, name="out2", compute_dtype=cd)(x)),
+    x = drop(hidden_relu(torch_dense(hidden, hidden, name="out2", compute_dtype=cd)(x), cd),
              deterministic=not train)
     return torch_dense(out, hidden, name="out3", compute_dtype=cd)(x)
 

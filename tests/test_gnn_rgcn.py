@@ -1,5 +1,7 @@
 """Relational GCN and NRI's typed message MLPs against NumPy float64 loops and dense adjacencies."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,6 +191,34 @@ def test_typed_messages_fully_connected_dense_path_equals_the_index_path(x64):
     for a, b in zip(jax.tree.leaves(jax.grad(dense, argnums=(0, 1))(params, nodes)),
                     jax.tree.leaves(jax.grad(indexed, argnums=(0, 1))(params, nodes))):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_typed_messages_bfloat16_relu_keeps_the_plain_relu_gradients():
+    """In bfloat16 the hidden ReLU saves its bfloat16 output for its backward pass
+    (`TypedMessages._hidden_activation`): the same values and gradients as a ReLU
+    that autodiff differentiates from its float32 input."""
+    rng = np.random.default_rng(9)
+    nodes = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    weights = jnp.asarray(random_soft_types(9, 3 * 20, 2).reshape(3, 20, 2), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(3, 20, 16)), jnp.float32)
+
+    def layer(activation):
+        return TypedMessages(hidden=16, n_edge_types=2, skip_first=False,
+                             activation=activation, compute_dtype="bfloat16")
+
+    saving, plain = layer(jax.nn.relu), layer(lambda v: jax.nn.relu(v))
+    params = saving.init(jax.random.key(9), nodes, weights)["params"]
+
+    def loss(module, params, x, w):
+        return jnp.sum(module.apply({"params": params}, x, w) * probe)
+
+    def value_and_grads(module):
+        return jax.tree.leaves(jax.value_and_grad(functools.partial(loss, module),
+                                                  argnums=(0, 1, 2))(params, nodes, weights))
+
+    for a, b in zip(value_and_grads(saving), value_and_grads(plain)):
+        assert np.any(a != 0)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_typed_messages_refuse_a_wrong_edge_type_shape_and_a_lone_index():

@@ -267,6 +267,18 @@ def test_relu_value_and_gradient(saved):
     np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
 
 
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_hidden_relu_value_and_gradient(compute_dtype):
+    x = np.array([[-2.0, -1e-30, 0.0, 1e-30, 3.0]], np.float32)
+    g = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
+    y, vjp = jax.jit(lambda x: jax.vjp(lambda x: nri_nn.hidden_relu(x, compute_dtype), x))(x)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
+    with pytest.raises(ValueError, match="'float16'"):
+        nri_nn.hidden_relu(x, "float16")
+
+
 def test_affine_bfloat16_against_numpy():
     """Products of the rounded inputs as `mixed_matmul`, plus the bias; the bias gradient
     is the row sum of the bfloat16-rounded cotangent, which the products read too."""

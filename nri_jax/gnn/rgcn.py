@@ -33,7 +33,7 @@ from jax.ad_checkpoint import checkpoint_name
 from nri_jax import graphs
 from nri_jax.gnn import padding
 from nri_jax.gnn.graph_network import check_graph_features
-from nri_jax.nn import affine, matmul, rows, torch_uniform
+from nri_jax.nn import affine, hidden_relu, matmul, rows, torch_uniform
 
 # One [F_in, F_out] matrix per leading index (type or basis): fan-in over F_in.
 _kernels_init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -215,11 +215,18 @@ class TypedMessages(nn.Module):
             first = (graphs.gather_senders(matmul(nodes, w1[t, :f], cd), senders)
                      + graphs.gather_receivers(matmul(nodes, w1[t, f:], cd), receivers))
             first = first + rows(b1[t], first)
-            hidden = dropout(self.activation(first), deterministic=not train)
+            hidden = dropout(self._hidden_activation(first), deterministic=not train)
             second = self.activation(checkpoint_name(affine(hidden, w2[t], b2[t], cd),
                                                      MESSAGE_PRODUCTS))
             messages = messages + second * edge_types[..., t:t + 1]
         return messages
+
+    def _hidden_activation(self, x: jax.Array) -> jax.Array:
+        """The activation between the two layers; a ReLU keeps its bfloat16 output for
+        its backward pass when the second layer's product runs in bfloat16 (`hidden_relu`)."""
+        if self.activation is jax.nn.relu:
+            return hidden_relu(x, self.compute_dtype)
+        return self.activation(x)
 
     @property
     def n_active_types(self) -> int:
