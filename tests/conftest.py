@@ -65,25 +65,3 @@ def x64():
     """Runs a test with float64 enabled, restoring the default afterwards."""
     with jax.enable_x64(True):
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny trained run directory (it learns little; exports and runs started from it
-    must keep what it has)."""
-    from nri_jax import configs, experiment
-
-    workdir = tmp_path_factory.mktemp("tiny") / "run"
-    config = configs.override(configs.get_preset("tiny"), epochs=1,
-                              data_dir=str(workdir.parent / "data"))
-    experiment.train_and_evaluate(config, workdir, log=lambda _: None)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tiny_run):
-    """(directory, report) of `tiny_run` exported with float32 storage."""
-    from nri_jax import experiment
-
-    out = tiny_run.parent / "exported"
-    return out, experiment.export_run(tiny_run, out, dtype="float32", log=lambda _: None)

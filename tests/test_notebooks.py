@@ -5,8 +5,7 @@ datasets and runs go there, never into the repository), with
 NRI_NOTEBOOK_SMOKE=1 so that the notebooks shrink their sizes. Notebook 03
 opens the shipped model by default and, given NRI_RUN_DIR, the run that
 notebook 02 trained (02 runs first in the same directory). Notebook 04 (the GNN
-toolkit) stands alone, in `test_notebook_gnn_toolkit.py`. A cell that raises
-fails the test.
+toolkit) stands alone. A cell that raises fails the test.
 """
 
 import os
@@ -28,8 +27,7 @@ def _read(name: str) -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOKS / name, as_version=4)
 
 
-def execute_notebook(name: str, workdir: pathlib.Path,
-                     **env_vars: str) -> nbformat.NotebookNode:
+def _execute(name: str, workdir: pathlib.Path, **env_vars: str) -> nbformat.NotebookNode:
     """Executes a copy of the notebook in `workdir` with `env_vars` set; the first cell
     reports the kernel's Python."""
     nb = _read(name)
@@ -46,12 +44,12 @@ def execute_notebook(name: str, workdir: pathlib.Path,
     return nb
 
 
-def output_text(nb: nbformat.NotebookNode) -> str:
+def _text(nb: nbformat.NotebookNode) -> str:
     return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for out in cell.outputs)
 
 
-def n_images(nb: nbformat.NotebookNode) -> int:
+def _n_images(nb: nbformat.NotebookNode) -> int:
     return sum("image/png" in out.get("data", {}) for cell in nb.cells
                if cell.cell_type == "code" for out in cell.outputs)
 
@@ -81,15 +79,15 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(workdir):
     """Notebook 02 executed in `workdir`: a trained run and the pointer to it."""
-    return execute_notebook("02_train_nri.ipynb", workdir)
+    return _execute("02_train_nri.ipynb", workdir)
 
 
 @pytest.mark.e2e
 def test_simulators_notebook_runs(workdir):
-    nb = execute_notebook("01_simulators.ipynb", workdir)
-    text = output_text(nb)
+    nb = _execute("01_simulators.ipynb", workdir)
+    text = _text(nb)
     assert "springs   256 trajectories" in text  # smoke mode times springs only
-    assert n_images(nb) >= 7
+    assert _n_images(nb) >= 7
 
 
 @pytest.mark.e2e
@@ -99,16 +97,16 @@ def test_training_notebook_trains_and_points_to_its_run(workdir, trained):
     assert run_dir.parent == workdir / "runs" and (workdir / "data").is_dir()
     for name in ("config.json", "metrics.jsonl", "report.json"):
         assert (run_dir / name).is_file()
-    assert "test edge accuracy, best permutation" in output_text(trained)
-    assert n_images(trained) >= 1
+    assert "test edge accuracy, best permutation" in _text(trained)
+    assert _n_images(trained) >= 1
 
 
 @pytest.mark.e2e
 def test_training_notebook_resumes_an_existing_run(workdir, trained):
     # Executed again with the same config, it resumes (here: re-evaluates) the same run.
     before = (workdir / "runs" / "latest_notebook_run.txt").read_text()
-    again = execute_notebook("02_train_nri.ipynb", workdir)
-    assert "resuming" in output_text(again)
+    again = _execute("02_train_nri.ipynb", workdir)
+    assert "resuming" in _text(again)
     assert (workdir / "runs" / "latest_notebook_run.txt").read_text() == before
     assert len(list((workdir / "runs").glob("notebook-quick-*"))) == 1
 
@@ -116,19 +114,31 @@ def test_training_notebook_resumes_an_existing_run(workdir, trained):
 @pytest.mark.e2e
 def test_inspection_notebook_runs_on_the_trained_run(workdir, trained):
     run_dir = (workdir / "runs" / "latest_notebook_run.txt").read_text().strip()
-    nb = execute_notebook("03_inspect_model.ipynb", workdir, NRI_RUN_DIR=run_dir)
-    text = output_text(nb)
+    nb = _execute("03_inspect_model.ipynb", workdir, NRI_RUN_DIR=run_dir)
+    text = _text(nb)
     assert f"run {run_dir}:" in text and "test examples analysed" in text
-    assert n_images(nb) >= 7
+    assert _n_images(nb) >= 7
 
 
 @pytest.mark.e2e
 def test_inspection_notebook_opens_the_shipped_model_by_default(tmp_path):
     # A fresh clone has no runs: by default the notebook opens pretrained/springs5, whose
     # data it regenerates (here in tmp_path) from the seed in the run directory.
-    nb = execute_notebook("03_inspect_model.ipynb", tmp_path)
-    text = output_text(nb)
+    nb = _execute("03_inspect_model.ipynb", tmp_path)
+    text = _text(nb)
     assert f"run {REPO / 'pretrained' / 'springs5'}:" in text
     accuracy = float(text.split("edge accuracy over 200 test examples: ")[1].split()[0])
     assert accuracy > 0.95  # the shipped model's 0.9925, on a small sample
-    assert n_images(nb) >= 7
+    assert _n_images(nb) >= 7
+
+
+@pytest.mark.e2e
+def test_gnn_toolkit_notebook_runs(tmp_path):
+    nb = _execute("04_gnn_toolkit.ipynb", tmp_path)
+    text = _text(nb)
+    assert "smoke mode: True; saving figures: False" in text
+    gcn_accuracy = float(text.split("test accuracy: GCN ")[1].split(",")[0])
+    assert gcn_accuracy > 0.9  # chance 0.25
+    assert "1 compiled step shape(s)" in text and "depth  4" in text
+    assert _n_images(nb) >= 8
+    assert not list(tmp_path.rglob("*.png"))  # smoke runs save no figures
