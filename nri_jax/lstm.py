@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from nri_jax.decoders import maybe_remat
 from nri_jax.encoders import check_trajectories
-from nri_jax.nn import check_compute_dtype, torch_dense
+from nri_jax.nn import check_compute_dtype, hidden_relu, torch_dense
 from nri_jax.rollouts import ONE_STEP, RECURRENT, Protocol, Teaching
 
 N_LAYERS = 2  # the original's default
@@ -69,8 +69,8 @@ class _LSTMStep(nn.Module):
         b, n, d = x.shape
         drop = nn.Dropout(self.dropout, deterministic=not self.train)
         cd, hid = self.compute_dtype, self.hidden
-        h = drop(nn.relu(torch_dense(hid, d, name="in1", compute_dtype=cd)(x)))
-        h = nn.relu(torch_dense(hid, hid, name="in2", compute_dtype=cd)(h))
+        h = drop(hidden_relu(torch_dense(hid, d, name="in1", compute_dtype=cd)(x), cd))
+        h = hidden_relu(torch_dense(hid, hid, name="in2", compute_dtype=cd)(h), cd)
         if self.joint:
             h = h.reshape(b, n * hid)
         width = h.shape[-1]
@@ -78,7 +78,7 @@ class _LSTMStep(nn.Module):
         for layer, (h_prev, c_prev) in enumerate(states):
             h, c = LSTMCell(width, cd, name=f"lstm{layer}")(h, h_prev, c_prev)
             new_states.append((h, c))
-        out = drop(nn.relu(torch_dense(width, width, name="out1", compute_dtype=cd)(h)))
+        out = drop(hidden_relu(torch_dense(width, width, name="out1", compute_dtype=cd)(h), cd))
         out = torch_dense(n * d if self.joint else d, width, name="out2", compute_dtype=cd)(out)
         prediction = x + out.reshape(b, n, d)
         return (tuple(new_states), prediction), (prediction, h)

@@ -132,3 +132,21 @@ def test_a_run_reports_its_prediction_error(tmp_path):
                                        log=lambda _: None)
     assert again["mse_by_horizon"] == json.loads((tmp_path / "run/report.json").read_text())[
         "mse_by_horizon"]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_bfloat16_predictions_and_gradients_agree_with_float32(joint):
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(B, N, T, D)), jnp.float32)
+    full, mixed = (lstm.LSTMDecoder(hidden=H, joint=joint, compute_dtype=c)
+                   for c in ("float32", "bfloat16"))
+    variables = full.init(jax.random.key(3), x, train=False)
+
+    def loss(module, variables):
+        return jnp.mean((module.apply(variables, x, train=False) - x[:, :, 1:]) ** 2)
+
+    (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(
+        lambda v, m=m: loss(m, v)))(variables) for m in (full, mixed))
+    # bfloat16 products round to ~2^-8 relative, a few products deep over 6 steps.
+    assert abs(got - want) < 0.05 * want and got != want
+    for a, b in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads)):
+        assert np.max(np.abs(b - a)) <= 0.1 * np.max(np.abs(a)) + 1e-6
