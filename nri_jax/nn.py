@@ -382,8 +382,9 @@ def hidden_relu(x: jax.Array, compute_dtype: str = "float32") -> jax.Array:
     In bfloat16 that product reads a bfloat16 copy of the output, and ReLU's
     derivative needs only the sign of its output, which the copy keeps: `relu`
     saves the copy for the backward pass, so no float32 copy of the activations
-    is written (nor, under remat, written again). MLP+MLP bfloat16 1.2x on an
-    Intel Xeon (BENCHMARKS.md, 2026-12-07, late). In float32: `jax.nn.relu`.
+    is written (nor, under remat, written again): the MLP+MLP bfloat16 train
+    step 1.10-1.17x faster on an Intel Xeon (BENCHMARKS.md, "Hidden ReLUs that
+    keep their bfloat16 output"). In float32: `jax.nn.relu`.
     """
     check_compute_dtype(compute_dtype)
     return relu(x, jnp.bfloat16) if compute_dtype == "bfloat16" else jax.nn.relu(x)
