@@ -71,7 +71,8 @@ class ModelConfig:
         half the activation memory for chunks of 32 at batch 128. Speed depends
         on the CPU's caches and the width: the MLP decoder at hidden 256 ran
         faster when a chunk's edge arrays fit one core's L2 (bf16 1.28-1.5x in
-        chunks of 32 on an Intel Xeon with 2 MiB of L2 per core; 1.12-1.16x,
+        chunks of 32 on an Intel Xeon with 2 MiB of L2 per core, 1.15x since
+        `nn.hidden_relu` sped up the whole batch; 1.12-1.16x,
         float32 1.14-1.23x, in chunks of 16 on a Zen 4 with 1 MiB), not at
         hidden 128; the recurrent decoder is slower (BENCHMARKS.md, "Same run as
         the original on an Intel Xeon with AMX; decoding in chunks", "Decoding
