@@ -258,25 +258,23 @@ def test_batch_norm_saved_in_bfloat16_gives_the_gradient_of_the_rounded_input():
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("saved", [None, jnp.bfloat16])
-def test_relu_value_and_gradient(saved):
+@pytest.mark.parametrize("relu", [
+    lambda x: nri_nn.relu(x), lambda x: nri_nn.relu(x, jnp.bfloat16),
+    lambda x: nri_nn.hidden_relu(x, "float32"), lambda x: nri_nn.hidden_relu(x, "bfloat16")],
+    ids=["relu", "relu-saving-bfloat16", "hidden_relu-float32", "hidden_relu-bfloat16"])
+def test_relu_value_and_gradient(relu):
     x = np.array([[-2.0, -1e-30, 0.0, 1e-30, 3.0]], np.float32)
     g = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
-    y, vjp = jax.vjp(lambda x: nri_nn.relu(x, saved), x)
-    np.testing.assert_array_equal(y, np.maximum(x, 0))
-    np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
+    for vjp_of in (jax.vjp, jax.jit(jax.vjp, static_argnums=0)):
+        y, vjp = vjp_of(relu, x)
+        assert y.dtype == jnp.float32
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+        np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
 
 
-@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
-def test_hidden_relu_value_and_gradient(compute_dtype):
-    x = np.array([[-2.0, -1e-30, 0.0, 1e-30, 3.0]], np.float32)
-    g = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
-    y, vjp = jax.jit(lambda x: jax.vjp(lambda x: nri_nn.hidden_relu(x, compute_dtype), x))(x)
-    assert y.dtype == jnp.float32
-    np.testing.assert_array_equal(y, np.maximum(x, 0))
-    np.testing.assert_array_equal(vjp(g)[0], np.where(x > 0, g, 0))
+def test_hidden_relu_refuses_an_unknown_compute_dtype():
     with pytest.raises(ValueError, match="'float16'"):
-        nri_nn.hidden_relu(x, "float16")
+        nri_nn.hidden_relu(np.zeros(3, np.float32), "float16")
 
 
 def test_affine_bfloat16_against_numpy():
