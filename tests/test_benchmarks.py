@@ -1,4 +1,4 @@
-"""The benchmark scripts' own argument handling (their measurements are not tests)."""
+"""The benchmark scripts' own logic, not their measurements: arguments, what they compute."""
 
 import numpy as np
 import pytest
