@@ -202,7 +202,7 @@ def make_train_step(model: NRI, tx: optax.GradientTransformation, config: Config
             **{name: jnp.sum(value) for name, value in terms.items()},
             # Before clipping; a step's norm times its batch size, so that the
             # epoch's figure is the mean over steps.
-            "grad_norm": optax.global_norm(grads) * jnp.sum(ones),
+            "grad_norm": optax.tree.norm(grads) * jnp.sum(ones),
             "nonfinite_steps": jnp.where(finite, 0, 1),
             "first_nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step),
         }
