@@ -108,17 +108,23 @@ def thunk_bytes(inst: dict, instructions: dict, computations: dict) -> int:
     return sum(operands) + result
 
 
+def best_call_seconds(call, repeats: int) -> float:
+    """The shortest of `repeats` timed calls of `call()`, after one untimed call;
+    `call` must return only when its work is done."""
+    call()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def best_seconds(fn, *args, repeats: int) -> float:
     """The shortest of `repeats` timed calls of a jitted `fn`, after one untimed call."""
     import jax
 
-    jax.block_until_ready(fn(*args))
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_call_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def plain_product_rates(rows: int, width: int, repeats: int = 5) -> dict[str, float]:

@@ -37,23 +37,15 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hlo import best_call_seconds  # noqa: E402  (no jax at import: the torch child uses it too)
 
 DEFAULT_TORCH_PYTHON = "/tmp/original-nri/venv/bin/python"
 # name: (rows, contracted, columns, forms)
 SHAPES = {"messages": (12800, 256, 256, ("forward", "input gradient", "weight gradient")),
           "conv2": (46080, 1280, 256, ("forward", "weight gradient"))}
 DTYPES = ("float32", "bfloat16")
-
-
-def _best_seconds(call, repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def xla_forms() -> dict:
@@ -100,7 +92,7 @@ def xla_rates(repeats: int) -> dict[str, float]:
                 def call():
                     out[0] = jax.block_until_ready(step(x, w, g, out[0]))
 
-                seconds = _best_seconds(call, repeats)
+                seconds = best_call_seconds(call, repeats)
                 rates[f"{name}/{form}/{dtype}"] = 2 * rows * k * n / seconds / 1e9
     return rates
 
@@ -122,7 +114,7 @@ def torch_rates(repeats: int) -> dict[str, float]:
             for form in wanted:
                 out = torch.empty((k, n) if "weight" in form else (rows, n),
                                   dtype=getattr(torch, dtype))
-                seconds = _best_seconds(lambda: forms[form](x, w, g, out), repeats)
+                seconds = best_call_seconds(lambda: forms[form](x, w, g, out), repeats)
                 rates[f"{name}/{form}/{dtype}"] = 2 * rows * k * n / seconds / 1e9
     return rates
 
